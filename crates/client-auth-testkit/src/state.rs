@@ -42,7 +42,6 @@ impl fmt::Debug for IssuedTokens {
 
 /// A snapshot of the server's counters, from [`TestServer::stats`](crate::TestServer::stats).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Stats {
     /// Requests that reached the token endpoint, faults included.
     pub token_calls: u64,
