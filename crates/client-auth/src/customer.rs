@@ -1,0 +1,1 @@
+//! Customer tokens (placeholder being written).

@@ -1,0 +1,380 @@
+//! The error type of the core crate.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::session::SessionReason;
+
+/// Everything that can go wrong while getting a credential.
+///
+/// Errors never contain a token, a secret or the raw body of a token-endpoint answer. They are
+/// `Clone` because one refresh outcome is handed to every caller waiting for it.
+///
+/// Three classes matter to callers:
+/// - [`is_transient`](Self::is_transient): try again later (network, timeout, 5xx, 429); the
+///   session is kept.
+/// - [`is_session_ended`](Self::is_session_ended): the grant is dead; the user must sign in
+///   again (set new tokens).
+/// - anything else: a configuration or protocol problem; the message says what to fix.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The provider has no credential for this request (a customer-token callback returned
+    /// `None`). The request was not sent.
+    #[error("no credentials available for this request; it was not sent")]
+    NoCredentials,
+    /// There is no session: set new tokens (sign in) before sending requests.
+    #[error("no session ({reason:?}): set new tokens before sending requests")]
+    NoSession {
+        /// Why there is no session.
+        reason: SessionReason,
+    },
+    /// The authorization server ended the session (`invalid_grant`, `unauthorized_client`, or no
+    /// refresh token left). The store was cleared.
+    #[error("the session ended: {0}")]
+    SessionEnded(SessionEnd),
+    /// The token endpoint rejected the request for a reason that a configuration change fixes
+    /// (`invalid_client`, `invalid_scope`, `unsupported_grant_type`, an unknown 4xx code).
+    #[error("the token endpoint rejected the request: {0}; check the client configuration")]
+    Rejected(OAuthError),
+    /// The token endpoint is temporarily unavailable (5xx or 429).
+    #[error("the token endpoint is unavailable (HTTP {status}){}", RetryAfterSuffix(*retry_after))]
+    Unavailable {
+        /// The status it answered.
+        status: StatusCode,
+        /// Its `Retry-After`, if any.
+        retry_after: Option<Duration>,
+    },
+    /// The token endpoint could not be reached, or did not answer in time.
+    #[error("could not reach the token endpoint: {0}")]
+    Transport(TransportError),
+    /// The token endpoint answered with a redirect. Redirects are never followed, so the
+    /// refresh token and client secret are never re-sent elsewhere.
+    #[error(
+        "the token endpoint answered with a redirect (HTTP {status}); redirects are never followed: configure the final token URL"
+    )]
+    Redirect {
+        /// The 3xx status.
+        status: StatusCode,
+    },
+    /// The token endpoint's answer is not a valid token response.
+    #[error("invalid token response: {0}")]
+    InvalidResponse(InvalidResponse),
+    /// The credential cannot be used as an HTTP header value.
+    #[error("the credential contains characters that are not allowed in an HTTP header value")]
+    InvalidHeaderValue,
+    /// A refresh was needed, but no tokio runtime is running on this thread.
+    #[error("a tokio runtime is required to refresh credentials, and none is running on this thread")]
+    NoRuntime,
+    /// The token store failed.
+    #[error("token store error: {0}")]
+    Store(StoreError),
+    /// A credential callback failed.
+    #[error("the credential callback failed: {0}")]
+    Callback(Arc<dyn std::error::Error + Send + Sync>),
+    /// Signing a customer token failed.
+    #[error("could not sign the customer token: {0}")]
+    Signing(Cow<'static, str>),
+    /// The refresh task stopped before it finished (its runtime shut down).
+    #[error("the token refresh stopped before it finished")]
+    RefreshAborted,
+    /// The configuration is not usable.
+    #[error("invalid configuration: {0}")]
+    Config(Cow<'static, str>),
+}
+
+impl Error {
+    /// Whether trying again later may succeed without any change (network, timeout, 5xx,
+    /// 429, a refresh cut short).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unavailable { .. } | Error::Transport(_) | Error::RefreshAborted => true,
+            Error::Store(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// Whether the session is over and new tokens are needed.
+    pub fn is_session_ended(&self) -> bool {
+        matches!(self, Error::SessionEnded(_) | Error::NoSession { .. })
+    }
+
+    /// The OAuth 2.0 error the token endpoint answered with, if any.
+    pub fn oauth_error(&self) -> Option<&OAuthError> {
+        match self {
+            Error::Rejected(e) => Some(e),
+            Error::SessionEnded(SessionEnd::Server(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The `Retry-After` the token endpoint asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+struct RetryAfterSuffix(Option<Duration>);
+
+impl fmt::Display for RetryAfterSuffix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, ", retry after {} s", d.as_secs()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionEnd {
+    /// The authorization server answered with a session-ending OAuth error
+    /// (`invalid_grant`, `unauthorized_client`).
+    Server(OAuthError),
+    /// There is no refresh token to refresh with.
+    NoRefreshToken,
+}
+
+impl SessionEnd {
+    /// The OAuth error code (`invalid_grant`, ...) or `no_refresh_token`.
+    pub fn code(&self) -> &str {
+        match self {
+            SessionEnd::Server(e) => e.code(),
+            SessionEnd::NoRefreshToken => "no_refresh_token",
+        }
+    }
+}
+
+impl fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionEnd::Server(e) => e.fmt(f),
+            SessionEnd::NoRefreshToken => f.write_str("no refresh token is available"),
+        }
+    }
+}
+
+/// An OAuth 2.0 error answer (RFC 6749 §5.2): the code and description the server sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    status: StatusCode,
+    code: String,
+    description: Option<String>,
+}
+
+/// Longest error code or description kept from a server answer.
+const MAX_ERROR_TEXT: usize = 512;
+
+impl OAuthError {
+    /// An error as the server answered it. Over-long texts are cut and control characters
+    /// dropped, so a hostile server cannot flood logs.
+    pub fn new(status: StatusCode, code: &str, description: Option<&str>) -> Self {
+        Self {
+            status,
+            code: clean_text(code),
+            description: description.map(clean_text),
+        }
+    }
+
+    /// The HTTP status of the answer.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The `error` code, e.g. `invalid_grant`.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// The `error_description`, if the server sent one.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+}
+
+fn clean_text(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_ERROR_TEXT)
+        .collect()
+}
+
+impl fmt::Display for OAuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` (HTTP {})", self.code, self.status.as_u16())?;
+        if let Some(d) = &self.description {
+            write!(f, ": {d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What was wrong with a token-endpoint answer. Carries no part of the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidResponse {
+    /// The body is not JSON, or not a JSON object.
+    #[error("the body is not a JSON object")]
+    NotJson,
+    /// `access_token` is missing or empty.
+    #[error("`access_token` is missing")]
+    MissingAccessToken,
+    /// `token_type` is missing.
+    #[error("`token_type` is missing")]
+    MissingTokenType,
+    /// `token_type` is not `Bearer`.
+    #[error("`token_type` is not `Bearer`")]
+    UnsupportedTokenType,
+    /// `expires_in` is not a non-negative number of seconds in range.
+    #[error("`expires_in` is not a usable number of seconds")]
+    InvalidExpiresIn,
+    /// The body is larger than the limit.
+    #[error("the body is larger than the limit")]
+    TooLarge,
+    /// An error status without a usable OAuth error body.
+    #[error("HTTP {0} without an OAuth error body")]
+    UnexpectedStatus(StatusCode),
+}
+
+/// Classes of transport failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportErrorKind {
+    /// The connection could not be made.
+    Connect,
+    /// No answer in time.
+    Timeout,
+    /// Anything else on the way (reset connection, broken body, ...).
+    Other,
+}
+
+/// A failure to exchange a request with the token endpoint.
+#[derive(Debug, Clone)]
+pub struct TransportError {
+    kind: TransportErrorKind,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl TransportError {
+    /// A transport error of this kind caused by `source`.
+    pub fn new(
+        kind: TransportErrorKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            kind,
+            source: Some(Arc::from(source.into())),
+        }
+    }
+
+    /// A timeout.
+    pub fn timeout() -> Self {
+        Self {
+            kind: TransportErrorKind::Timeout,
+            source: None,
+        }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> TransportErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            TransportErrorKind::Connect => "connection failed",
+            TransportErrorKind::Timeout => "timed out",
+            TransportErrorKind::Other => "request failed",
+        };
+        match &self.source {
+            Some(source) => write!(f, "{what}: {source}"),
+            None => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A [`TokenStore`](crate::TokenStore) failure.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    message: Cow<'static, str>,
+    transient: bool,
+}
+
+impl StoreError {
+    /// A failure that may go away by itself (a network store that is down).
+    pub fn transient(message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            message: message.into(),
+            transient: true,
+        }
+    }
+
+    /// A failure that needs attention (corrupt data, permissions).
+    pub fn permanent(message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            message: message.into(),
+            transient: false,
+        }
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_are_distinct() {
+        let grant = Error::SessionEnded(SessionEnd::Server(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            None,
+        )));
+        assert!(grant.is_session_ended() && !grant.is_transient());
+        let unavailable = Error::Unavailable {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            retry_after: Some(Duration::from_secs(7)),
+        };
+        assert!(unavailable.is_transient() && !unavailable.is_session_ended());
+        assert_eq!(unavailable.retry_after(), Some(Duration::from_secs(7)));
+        assert!(unavailable.to_string().contains("retry after 7 s"));
+        let client = Error::Rejected(OAuthError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            Some("bad secret"),
+        ));
+        assert!(!client.is_transient() && !client.is_session_ended());
+        assert_eq!(client.oauth_error().map(OAuthError::code), Some("invalid_client"));
+    }
+
+    #[test]
+    fn server_error_text_is_cleaned_and_capped() {
+        let long = "x".repeat(10_000);
+        let e = OAuthError::new(StatusCode::BAD_REQUEST, "bad\ncode", Some(&long));
+        assert_eq!(e.code(), "badcode");
+        assert_eq!(e.description().map(str::len), Some(MAX_ERROR_TEXT));
+    }
+}

@@ -1,0 +1,686 @@
+//! The OAuth 2.0 provider: `refresh_token` and `client_credentials` grants, with a
+//! single-flight token cache.
+//!
+//! ```no_run
+//! # #[cfg(feature = "reqwest")]
+//! # async fn demo() -> Result<(), client_auth::Error> {
+//! use client_auth::{OAuthProvider, SessionState};
+//!
+//! // A user's session: the refresh token came from a sign-in.
+//! let provider = OAuthProvider::refresh_token_grant("https://auth.example.com/oauth/token")
+//!     .client_id("my-client")
+//!     .client_secret("my-secret")
+//!     .refresh_token("refresh-token-from-sign-in")
+//!     .build()?;
+//!
+//! // Headers set by hand: refresh if needed, then the token.
+//! let token = provider.access_token().await?;
+//! # let _ = token;
+//!
+//! // Watch the session end (an `invalid_grant`, a logout).
+//! let mut session = provider.session();
+//! if let SessionState::NoSession(reason) = &*session.borrow_and_update() {
+//!     println!("sign in again: {reason:?}");
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Refresh semantics
+//!
+//! For a token of lifetime `L` (counted from when the token request was sent):
+//! - the **soft window** is `min(max(60 s, 10 % of L), 50 % of L)` before expiry; inside it the
+//!   current token is served and exactly one background refresh runs (its start is jittered
+//!   inside the window so a fleet does not refresh in lockstep);
+//! - the **hard window** is `min(10 s, 25 % of L)` before expiry; a token that close to expiry
+//!   is treated as expired and callers wait for the one refresh in flight.
+//!
+//! Every number is configurable on the builder. A refresh runs on a spawned tokio task, so
+//! dropping the request that started it does not stop it; a tokio runtime is required.
+
+mod cache;
+mod response;
+mod transport;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use http::{Method, StatusCode, Uri};
+use tokio::sync::watch;
+
+pub use transport::TokenTransport;
+#[cfg(feature = "reqwest")]
+pub use transport::ReqwestTransport;
+#[cfg(feature = "tower")]
+pub use transport::TowerTransport;
+
+pub(crate) use response::GrantKind;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::Error;
+use crate::provider::{
+    AuthorizationProvider, AuthorizeFuture, Credential, RequestView, UnauthorizedFuture,
+};
+use crate::secret::{AccessToken, ClientSecret, RefreshToken};
+use crate::session::SessionState;
+use crate::store::{MemoryStore, TokenStore};
+use cache::Engine;
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// HTTP Basic with the form-urlencoded id and secret (RFC 6749 §2.3.1). The default.
+    #[default]
+    SecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    SecretPost,
+}
+
+/// Tokens obtained elsewhere (a sign-in), handed to [`OAuthProvider::set_tokens`].
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    /// The access token, if one is at hand.
+    pub access_token: Option<AccessToken>,
+    /// The refresh token.
+    pub refresh_token: Option<RefreshToken>,
+    /// The access token's remaining lifetime, if known.
+    pub expires_in: Option<Duration>,
+}
+
+/// When to refresh, as fractions of a token's lifetime with floors and caps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Windows {
+    pub(crate) soft_min: Duration,
+    pub(crate) soft_ratio: f64,
+    pub(crate) soft_max_ratio: f64,
+    pub(crate) hard_max: Duration,
+    pub(crate) hard_ratio: f64,
+    pub(crate) jitter: f64,
+}
+
+impl Default for Windows {
+    fn default() -> Self {
+        Self {
+            soft_min: Duration::from_secs(60),
+            soft_ratio: 0.10,
+            soft_max_ratio: 0.50,
+            hard_max: Duration::from_secs(10),
+            hard_ratio: 0.25,
+            jitter: 0.5,
+        }
+    }
+}
+
+impl Windows {
+    /// `(soft, hard)` for a token of lifetime `lifetime`.
+    pub(crate) fn for_lifetime(&self, lifetime: Duration) -> (Duration, Duration) {
+        let soft = lifetime
+            .mul_f64(self.soft_ratio)
+            .max(self.soft_min)
+            .min(lifetime.mul_f64(self.soft_max_ratio));
+        let hard = self.hard_max.min(lifetime.mul_f64(self.hard_ratio));
+        (soft, hard.min(soft))
+    }
+}
+
+/// Everything the provider needs, fixed at build time.
+pub(crate) struct Config {
+    pub(crate) token_url: Uri,
+    pub(crate) revocation_url: Option<Uri>,
+    pub(crate) client_id: String,
+    pub(crate) client_secret: Option<ClientSecret>,
+    pub(crate) client_auth: ClientAuth,
+    pub(crate) grant: GrantKind,
+    pub(crate) scope: Option<String>,
+    pub(crate) extra_params: Vec<(String, String)>,
+    pub(crate) namespace: String,
+    pub(crate) timeout: Duration,
+    pub(crate) max_body: usize,
+    pub(crate) windows: Windows,
+    pub(crate) cooldown: Duration,
+    pub(crate) backoff_initial: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) assume_lifetime: Option<Duration>,
+    pub(crate) store_attempts: u32,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("client_auth", &self.client_auth)
+            .field("grant", &self.grant)
+            .field("scope", &self.scope)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// A form POST to `url` with client authentication and `params`.
+    pub(crate) fn form_request(
+        &self,
+        url: &Uri,
+        params: &[(&str, &str)],
+    ) -> Result<http::Request<Bytes>, Error> {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in params {
+            form.append_pair(k, v);
+        }
+        let mut builder = http::Request::builder()
+            .method(Method::POST)
+            .uri(url.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json");
+        match (&self.client_secret, self.client_auth) {
+            (Some(secret), ClientAuth::SecretBasic) => {
+                let mut raw = zeroize::Zeroizing::new(String::new());
+                raw.extend(form_urlencoded::byte_serialize(self.client_id.as_bytes()));
+                raw.push(':');
+                raw.extend(form_urlencoded::byte_serialize(
+                    secret.expose_secret().as_bytes(),
+                ));
+                let encoded = zeroize::Zeroizing::new(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw.as_bytes())
+                ));
+                let mut value =
+                    HeaderValue::from_str(&encoded).map_err(|_| Error::InvalidHeaderValue)?;
+                value.set_sensitive(true);
+                builder = builder.header(AUTHORIZATION, value);
+            }
+            (Some(secret), ClientAuth::SecretPost) => {
+                form.append_pair("client_id", &self.client_id);
+                form.append_pair("client_secret", secret.expose_secret());
+            }
+            (None, _) => {
+                form.append_pair("client_id", &self.client_id);
+            }
+        }
+        let body = zeroize::Zeroizing::new(form.finish());
+        builder
+            .body(Bytes::copy_from_slice(body.as_bytes()))
+            .map_err(|_| Error::Config("could not build the token request".into()))
+    }
+
+    /// The token request for this provider's grant.
+    pub(crate) fn token_request(
+        &self,
+        refresh_token: Option<&RefreshToken>,
+    ) -> Result<http::Request<Bytes>, Error> {
+        let mut params: Vec<(&str, &str)> = Vec::with_capacity(3 + self.extra_params.len());
+        match self.grant {
+            GrantKind::RefreshToken => {
+                params.push(("grant_type", "refresh_token"));
+                if let Some(rt) = refresh_token {
+                    params.push(("refresh_token", rt.expose_secret()));
+                }
+            }
+            GrantKind::ClientCredentials => params.push(("grant_type", "client_credentials")),
+        }
+        if let Some(scope) = &self.scope {
+            params.push(("scope", scope));
+        }
+        for (k, v) in &self.extra_params {
+            params.push((k, v));
+        }
+        self.form_request(&self.token_url, &params)
+    }
+}
+
+/// The OAuth 2.0 provider. Cheap to clone; clones share one token cache, so there is one
+/// refresh in flight whatever the number of clones or callers.
+#[derive(Clone)]
+pub struct OAuthProvider {
+    engine: Arc<Engine>,
+}
+
+impl fmt::Debug for OAuthProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthProvider")
+            .field("config", &self.engine.config)
+            .field("session", &self.engine.session_state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl OAuthProvider {
+    /// A builder for a user session refreshed with the `refresh_token` grant.
+    pub fn refresh_token_grant(token_url: impl Into<String>) -> OAuthProviderBuilder {
+        OAuthProviderBuilder::new(token_url.into(), GrantKind::RefreshToken)
+    }
+
+    /// A builder for a service identity using the `client_credentials` grant.
+    pub fn client_credentials(token_url: impl Into<String>) -> OAuthProviderBuilder {
+        OAuthProviderBuilder::new(token_url.into(), GrantKind::ClientCredentials)
+    }
+
+    /// The current access token, refreshed first if it is missing or about to expire.
+    ///
+    /// # Errors
+    ///
+    /// The refresh's error, or [`Error::NoSession`] when there is no session.
+    pub async fn access_token(&self) -> Result<AccessToken, Error> {
+        self.engine.current_token(false).await
+    }
+
+    /// Forces one refresh to prove the grant is still alive (joins one already in flight).
+    ///
+    /// # Errors
+    ///
+    /// The refresh's error; a session-ending one also ends the session.
+    pub async fn verify_session(&self) -> Result<(), Error> {
+        self.engine.current_token(true).await.map(|_| ())
+    }
+
+    /// Ends the session: clears the tokens here and in the store, publishes
+    /// `NoSession(Logout)`, and revokes the refresh token (RFC 7009) when a revocation URL is
+    /// set.
+    ///
+    /// # Errors
+    ///
+    /// A store or revocation failure. The session is cleared in memory either way.
+    pub async fn logout(&self) -> Result<(), Error> {
+        self.engine.end_session(true).await
+    }
+
+    /// Clears the tokens here and in the store and publishes `NoSession(Cleared)`.
+    ///
+    /// # Errors
+    ///
+    /// A store failure. The session is cleared in memory either way.
+    pub async fn clear(&self) -> Result<(), Error> {
+        self.engine.end_session(false).await
+    }
+
+    /// Replaces the tokens after a sign-in: stores them, then serves them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidHeaderValue`] for an unusable access token, or a store failure (the
+    /// tokens are still used in memory).
+    pub async fn set_tokens(&self, tokens: Tokens) -> Result<(), Error> {
+        self.engine.set_tokens(tokens).await
+    }
+
+    /// A receiver of session-state changes.
+    pub fn session(&self) -> watch::Receiver<SessionState> {
+        self.engine.session.subscribe()
+    }
+
+    /// The current session state.
+    pub fn session_state(&self) -> SessionState {
+        self.engine.session_state()
+    }
+}
+
+impl AuthorizationProvider for OAuthProvider {
+    fn authorize(&self, request: &RequestView<'_>) -> AuthorizeFuture {
+        self.engine.authorize(request.force_refresh())
+    }
+
+    fn on_unauthorized(
+        &self,
+        failed: &Credential,
+        status: StatusCode,
+        headers: &http::HeaderMap,
+    ) -> UnauthorizedFuture {
+        self.engine.on_unauthorized(failed, status, headers)
+    }
+
+    fn can_recover(&self) -> bool {
+        true
+    }
+}
+
+/// Builds an [`OAuthProvider`].
+pub struct OAuthProviderBuilder {
+    token_url: String,
+    revocation_url: Option<String>,
+    grant: GrantKind,
+    client_id: Option<String>,
+    client_secret: Option<ClientSecret>,
+    client_auth: ClientAuth,
+    scope: Option<String>,
+    extra_params: Vec<(String, String)>,
+    refresh_token: Option<RefreshToken>,
+    access_token: Option<(AccessToken, Option<Duration>)>,
+    store: Option<Arc<dyn TokenStore>>,
+    namespace: String,
+    clock: Option<Arc<dyn Clock>>,
+    transport: Option<Arc<dyn TokenTransport>>,
+    timeout: Duration,
+    max_body: usize,
+    windows: Windows,
+    cooldown: Duration,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+    assume_lifetime: Option<Duration>,
+}
+
+impl fmt::Debug for OAuthProviderBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthProviderBuilder")
+            .field("token_url", &self.token_url)
+            .field("grant", &self.grant)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("refresh_token", &self.refresh_token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OAuthProviderBuilder {
+    fn new(token_url: String, grant: GrantKind) -> Self {
+        Self {
+            token_url,
+            revocation_url: None,
+            grant,
+            client_id: None,
+            client_secret: None,
+            client_auth: ClientAuth::default(),
+            scope: None,
+            extra_params: Vec::new(),
+            refresh_token: None,
+            access_token: None,
+            store: None,
+            namespace: "default".to_owned(),
+            clock: None,
+            transport: None,
+            timeout: Duration::from_secs(10),
+            max_body: 1024 * 1024,
+            windows: Windows::default(),
+            cooldown: Duration::from_secs(30),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            assume_lifetime: None,
+        }
+    }
+
+    /// The client id (required).
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = Some(id.into());
+        self
+    }
+
+    /// The client secret; without one the client is public and sends only `client_id`.
+    pub fn client_secret(mut self, secret: impl Into<ClientSecret>) -> Self {
+        self.client_secret = Some(secret.into());
+        self
+    }
+
+    /// How the secret is sent (default: `client_secret_basic`).
+    pub fn client_auth(mut self, auth: ClientAuth) -> Self {
+        self.client_auth = auth;
+        self
+    }
+
+    /// The `scope` parameter (space-separated scopes).
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// An extra form parameter sent with every token request (`audience`, `resource`).
+    pub fn extra_param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extra_params.push((name.into(), value.into()));
+        self
+    }
+
+    /// The refresh token to start from (after a sign-in). Without one, the store is read at the
+    /// first request.
+    pub fn refresh_token(mut self, token: impl Into<RefreshToken>) -> Self {
+        self.refresh_token = Some(token.into());
+        self
+    }
+
+    /// An access token to start from, with its remaining lifetime if known.
+    pub fn access_token(mut self, token: impl Into<AccessToken>, expires_in: Option<Duration>) -> Self {
+        self.access_token = Some((token.into(), expires_in));
+        self
+    }
+
+    /// Where tokens persist, under `namespace` (default: an in-memory store, namespace
+    /// `default`).
+    pub fn store(mut self, store: Arc<dyn TokenStore>, namespace: impl Into<String>) -> Self {
+        self.store = Some(store);
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// The clock (default: [`SystemClock`]); tests inject `ManualClock`.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The token-endpoint transport (default with feature `reqwest`: [`ReqwestTransport`]).
+    pub fn transport(mut self, transport: Arc<dyn TokenTransport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// The RFC 7009 revocation endpoint used by [`OAuthProvider::logout`].
+    pub fn revocation_url(mut self, url: impl Into<String>) -> Self {
+        self.revocation_url = Some(url.into());
+        self
+    }
+
+    /// The token-request timeout (default 10 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The largest token-endpoint answer read (default 1 MiB).
+    pub fn max_response_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// The soft window: `min(max(min, ratio × lifetime), max_ratio × lifetime)` before expiry
+    /// (default 60 s, 0.10, 0.50).
+    pub fn soft_window(mut self, min: Duration, ratio: f64, max_ratio: f64) -> Self {
+        self.windows.soft_min = min;
+        self.windows.soft_ratio = ratio;
+        self.windows.soft_max_ratio = max_ratio;
+        self
+    }
+
+    /// The hard window: `min(max, ratio × lifetime)` before expiry (default 10 s, 0.25).
+    pub fn hard_window(mut self, max: Duration, ratio: f64) -> Self {
+        self.windows.hard_max = max;
+        self.windows.hard_ratio = ratio;
+        self
+    }
+
+    /// How much of the span between the soft and hard windows the refresh start is spread over
+    /// at random, from 0.0 (refresh exactly at the soft window) to 1.0 (default 0.5).
+    pub fn jitter(mut self, ratio: f64) -> Self {
+        self.windows.jitter = ratio;
+        self
+    }
+
+    /// How long after a 401-triggered refresh another 401 is returned unchanged instead of
+    /// refreshing again (default 30 s).
+    pub fn unauthorized_cooldown(mut self, cooldown: Duration) -> Self {
+        self.cooldown = cooldown;
+        self
+    }
+
+    /// Backoff after a failed refresh: exponential with jitter from `initial` to `max`
+    /// (default 1 s to 30 s). A longer `Retry-After` wins.
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff_initial = initial;
+        self.backoff_max = max;
+        self
+    }
+
+    /// The lifetime assumed when the server sends no `expires_in` (default: valid until a 401).
+    pub fn assume_lifetime(mut self, lifetime: Duration) -> Self {
+        self.assume_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Builds the provider. Spawns nothing: no runtime is needed until the first request.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an unusable URL, a missing client id, a ratio outside `0..=1`, or
+    /// no transport (enable feature `reqwest` or call [`transport`](Self::transport)).
+    pub fn build(self) -> Result<OAuthProvider, Error> {
+        let parse_url = |url: &str, what: &'static str| -> Result<Uri, Error> {
+            let uri: Uri = url
+                .parse()
+                .map_err(|_| Error::Config(format!("the {what} is not a valid URL").into()))?;
+            match (uri.scheme_str(), uri.authority()) {
+                (Some("https" | "http"), Some(_)) => Ok(uri),
+                _ => Err(Error::Config(
+                    format!("the {what} must be an absolute http(s) URL").into(),
+                )),
+            }
+        };
+        let token_url = parse_url(&self.token_url, "token URL")?;
+        let revocation_url = self
+            .revocation_url
+            .as_deref()
+            .map(|u| parse_url(u, "revocation URL"))
+            .transpose()?;
+        let client_id = self
+            .client_id
+            .ok_or(Error::Config("a client id is required".into()))?;
+        let w = &self.windows;
+        let ratios = [w.soft_ratio, w.soft_max_ratio, w.hard_ratio, w.jitter];
+        if ratios.iter().any(|r| !(0.0..=1.0).contains(r)) {
+            return Err(Error::Config("window ratios must be between 0 and 1".into()));
+        }
+        let transport = match self.transport {
+            Some(t) => t,
+            None => default_transport()?,
+        };
+        let config = Config {
+            token_url,
+            revocation_url,
+            client_id,
+            client_secret: self.client_secret,
+            client_auth: self.client_auth,
+            grant: self.grant,
+            scope: self.scope,
+            extra_params: self.extra_params,
+            namespace: self.namespace,
+            timeout: self.timeout,
+            max_body: self.max_body,
+            windows: self.windows,
+            cooldown: self.cooldown,
+            backoff_initial: self.backoff_initial,
+            backoff_max: self.backoff_max.max(self.backoff_initial),
+            assume_lifetime: self.assume_lifetime,
+            store_attempts: 3,
+        };
+        let engine = Engine::new(
+            config,
+            transport,
+            self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+            self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            self.refresh_token,
+            self.access_token,
+        )?;
+        Ok(OAuthProvider {
+            engine: Arc::new(engine),
+        })
+    }
+}
+
+#[cfg(feature = "reqwest")]
+fn default_transport() -> Result<Arc<dyn TokenTransport>, Error> {
+    Ok(Arc::new(ReqwestTransport::new()?))
+}
+
+#[cfg(not(feature = "reqwest"))]
+fn default_transport() -> Result<Arc<dyn TokenTransport>, Error> {
+    Err(Error::Config(
+        "no token transport: enable the `reqwest` feature or call `transport(...)`".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_follow_the_contract() {
+        let w = Windows::default();
+        assert_eq!(
+            w.for_lifetime(Duration::from_secs(3600)),
+            (Duration::from_secs(360), Duration::from_secs(10))
+        );
+        assert_eq!(
+            w.for_lifetime(Duration::from_secs(300)),
+            (Duration::from_secs(60), Duration::from_secs(10))
+        );
+        assert_eq!(
+            w.for_lifetime(Duration::from_secs(60)),
+            (Duration::from_secs(30), Duration::from_secs(10))
+        );
+        assert_eq!(
+            w.for_lifetime(Duration::from_secs(2)),
+            (Duration::from_secs(1), Duration::from_millis(500))
+        );
+    }
+
+    #[test]
+    fn client_secret_basic_form_urlencodes_before_base64() {
+        let config = test_config(Some("s p:a+c/e"), ClientAuth::SecretBasic);
+        let req = config.token_request(Some(&RefreshToken::new("rt"))).unwrap();
+        let auth = req.headers()[AUTHORIZATION].to_str().unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth.trim_start_matches("Basic "))
+            .unwrap();
+        assert_eq!(decoded, b"my+client%3A1:s+p%3Aa%2Bc%2Fe");
+        assert!(req.headers()[AUTHORIZATION].is_sensitive());
+        assert_eq!(
+            req.body().as_ref(),
+            b"grant_type=refresh_token&refresh_token=rt&scope=a+b"
+        );
+    }
+
+    #[test]
+    fn client_secret_post_and_public_clients_put_the_id_in_the_body() {
+        let post = test_config(Some("sec"), ClientAuth::SecretPost);
+        let req = post.token_request(None).unwrap();
+        assert!(req.headers().get(AUTHORIZATION).is_none());
+        assert!(String::from_utf8_lossy(req.body()).ends_with("client_id=my+client%3A1&client_secret=sec"));
+        let public = test_config(None, ClientAuth::SecretBasic);
+        let req = public.token_request(None).unwrap();
+        assert!(req.headers().get(AUTHORIZATION).is_none());
+        assert!(String::from_utf8_lossy(req.body()).ends_with("client_id=my+client%3A1"));
+    }
+
+    fn test_config(secret: Option<&str>, auth: ClientAuth) -> Config {
+        Config {
+            token_url: Uri::from_static("https://auth.example.com/token"),
+            revocation_url: None,
+            client_id: "my client:1".into(),
+            client_secret: secret.map(ClientSecret::new),
+            client_auth: auth,
+            grant: GrantKind::RefreshToken,
+            scope: Some("a b".into()),
+            extra_params: vec![],
+            namespace: "default".into(),
+            timeout: Duration::from_secs(10),
+            max_body: 1024,
+            windows: Windows::default(),
+            cooldown: Duration::from_secs(30),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            assume_lifetime: None,
+            store_attempts: 3,
+        }
+    }
+}

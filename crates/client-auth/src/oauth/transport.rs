@@ -1,0 +1,229 @@
+//! How token-endpoint requests travel: a small trait, with implementations on reqwest
+//! (feature `reqwest`) and on any `tower_service::Service` (feature `tower`).
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::BoxFuture;
+use crate::error::{Error, InvalidResponse};
+
+/// Sends one token-endpoint request and returns the whole answer.
+///
+/// Implementations must not follow redirects (a 3xx is returned as it is, and the provider turns
+/// it into [`Error::Redirect`]), and must stop reading a body longer than `max_body` bytes with
+/// [`InvalidResponse::TooLarge`]. The provider applies its own timeout around the call.
+pub trait TokenTransport: Send + Sync + fmt::Debug + 'static {
+    /// Sends `request`, reading at most `max_body` bytes of the answer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Transport`] when the exchange fails, [`Error::InvalidResponse`] when the body is
+    /// too large.
+    fn send(
+        &self,
+        request: http::Request<Bytes>,
+        max_body: usize,
+    ) -> BoxFuture<'static, Result<http::Response<Bytes>, Error>>;
+}
+
+impl<T: TokenTransport + ?Sized> TokenTransport for std::sync::Arc<T> {
+    fn send(
+        &self,
+        request: http::Request<Bytes>,
+        max_body: usize,
+    ) -> BoxFuture<'static, Result<http::Response<Bytes>, Error>> {
+        (**self).send(request, max_body)
+    }
+}
+
+/// Appends `chunk` to `buf`, failing once the total passes `max_body`.
+fn append_capped(buf: &mut Vec<u8>, chunk: &[u8], max_body: usize) -> Result<(), Error> {
+    if buf.len() + chunk.len() > max_body {
+        return Err(Error::InvalidResponse(InvalidResponse::TooLarge));
+    }
+    buf.extend_from_slice(chunk);
+    Ok(())
+}
+
+#[cfg(feature = "reqwest")]
+pub use reqwest_transport::ReqwestTransport;
+
+#[cfg(feature = "reqwest")]
+mod reqwest_transport {
+    use super::*;
+    use crate::error::{TransportError, TransportErrorKind};
+
+    /// The token-endpoint transport on reqwest (feature `reqwest`).
+    ///
+    /// [`new`](Self::new) builds its own client that never follows redirects. A client handed
+    /// to [`with_client`](Self::with_client) must be built with
+    /// `redirect(reqwest::redirect::Policy::none())` too, or a redirecting token endpoint would
+    /// receive the refresh token and client secret twice.
+    #[derive(Debug, Clone)]
+    pub struct ReqwestTransport {
+        client: reqwest::Client,
+    }
+
+    impl ReqwestTransport {
+        /// A transport with its own client: no redirects, 10 s timeout.
+        ///
+        /// # Errors
+        ///
+        /// [`Error::Config`] when the TLS backend cannot be initialised.
+        pub fn new() -> Result<Self, Error> {
+            let client = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(std::time::Duration::from_secs(10))
+                .build()
+                .map_err(|_| Error::Config("could not build the reqwest client".into()))?;
+            Ok(Self { client })
+        }
+
+        /// A transport on `client`, which must not follow redirects.
+        pub fn with_client(client: reqwest::Client) -> Self {
+            Self { client }
+        }
+    }
+
+    fn transport_error(e: reqwest::Error) -> Error {
+        let kind = if e.is_timeout() {
+            TransportErrorKind::Timeout
+        } else if e.is_connect() {
+            TransportErrorKind::Connect
+        } else {
+            TransportErrorKind::Other
+        };
+        Error::Transport(TransportError::new(kind, e.without_url()))
+    }
+
+    impl TokenTransport for ReqwestTransport {
+        fn send(
+            &self,
+            request: http::Request<Bytes>,
+            max_body: usize,
+        ) -> BoxFuture<'static, Result<http::Response<Bytes>, Error>> {
+            let client = self.client.clone();
+            Box::pin(async move {
+                let request = reqwest::Request::try_from(request).map_err(transport_error)?;
+                let mut response = client.execute(request).await.map_err(transport_error)?;
+                if response
+                    .content_length()
+                    .is_some_and(|len| len > max_body as u64)
+                {
+                    return Err(Error::InvalidResponse(InvalidResponse::TooLarge));
+                }
+                let mut builder = http::Response::builder().status(response.status());
+                if let Some(headers) = builder.headers_mut() {
+                    *headers = std::mem::take(response.headers_mut());
+                }
+                let mut body = Vec::new();
+                while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+                    append_capped(&mut body, &chunk, max_body)?;
+                }
+                builder
+                    .body(Bytes::from(body))
+                    .map_err(|e| Error::Transport(TransportError::new(TransportErrorKind::Other, e)))
+            })
+        }
+    }
+}
+
+#[cfg(feature = "tower")]
+pub use tower_transport::TowerTransport;
+
+#[cfg(feature = "tower")]
+mod tower_transport {
+    use std::marker::PhantomData;
+
+    use super::*;
+    use crate::error::{TransportError, TransportErrorKind};
+
+    /// The token-endpoint transport on any `tower_service::Service` (feature `tower`), such as
+    /// a hyper-util client. The service must not follow redirects.
+    ///
+    /// `ReqB` is the request body type the service takes; it is built from the form bytes
+    /// (`http_body_util::Full<Bytes>` works).
+    pub struct TowerTransport<S, ReqB> {
+        service: S,
+        _body: PhantomData<fn() -> ReqB>,
+    }
+
+    impl<S: Clone, ReqB> Clone for TowerTransport<S, ReqB> {
+        fn clone(&self) -> Self {
+            Self {
+                service: self.service.clone(),
+                _body: PhantomData,
+            }
+        }
+    }
+
+    impl<S, ReqB> fmt::Debug for TowerTransport<S, ReqB> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("TowerTransport").finish_non_exhaustive()
+        }
+    }
+
+    impl<S, ReqB> TowerTransport<S, ReqB> {
+        /// A transport on `service`.
+        pub fn new(service: S) -> Self {
+            Self {
+                service,
+                _body: PhantomData,
+            }
+        }
+    }
+
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+    impl<S, ReqB, ResB> TokenTransport for TowerTransport<S, ReqB>
+    where
+        S: tower_service::Service<http::Request<ReqB>, Response = http::Response<ResB>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        ReqB: From<Bytes> + Send + 'static,
+        ResB: http_body::Body + Send + 'static,
+        ResB::Data: Send,
+        ResB::Error: Into<BoxError>,
+    {
+        fn send(
+            &self,
+            request: http::Request<Bytes>,
+            max_body: usize,
+        ) -> BoxFuture<'static, Result<http::Response<Bytes>, Error>> {
+            let mut service = self.service.clone();
+            Box::pin(async move {
+                let other = |e: BoxError| Error::Transport(TransportError::new(TransportErrorKind::Other, e));
+                std::future::poll_fn(|cx| service.poll_ready(cx))
+                    .await
+                    .map_err(|e| other(e.into()))?;
+                let response = service
+                    .call(request.map(ReqB::from))
+                    .await
+                    .map_err(|e| other(e.into()))?;
+                let (parts, body) = response.into_parts();
+                let mut body = std::pin::pin!(body);
+                let mut buf = Vec::new();
+                while let Some(frame) =
+                    std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+                {
+                    let frame = frame.map_err(|e| other(e.into()))?;
+                    if let Ok(mut data) = frame.into_data() {
+                        use bytes::Buf as _;
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            let n = chunk.len();
+                            append_capped(&mut buf, chunk, max_body)?;
+                            data.advance(n);
+                        }
+                    }
+                }
+                Ok(http::Response::from_parts(parts, Bytes::from(buf)))
+            })
+        }
+    }
+}

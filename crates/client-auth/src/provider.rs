@@ -1,0 +1,372 @@
+//! The provider trait and the types it speaks in.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use http::{Extensions, Method, StatusCode};
+
+use crate::BoxFuture;
+use crate::error::Error;
+
+/// A cheap, borrowed view of an outgoing request: what a provider may look at to choose a
+/// credential. Both adapters build it without allocating.
+#[derive(Clone, Copy)]
+pub struct RequestView<'a> {
+    method: &'a Method,
+    scheme: &'a str,
+    authority: &'a str,
+    path: &'a str,
+    query: Option<&'a str>,
+    extensions: &'a Extensions,
+}
+
+impl<'a> RequestView<'a> {
+    /// A view of a request's parts.
+    pub fn new(
+        method: &'a Method,
+        scheme: &'a str,
+        authority: &'a str,
+        path: &'a str,
+        query: Option<&'a str>,
+        extensions: &'a Extensions,
+    ) -> Self {
+        Self {
+            method,
+            scheme,
+            authority,
+            path,
+            query,
+            extensions,
+        }
+    }
+
+    /// The request method.
+    pub fn method(&self) -> &'a Method {
+        self.method
+    }
+    /// The URL scheme (`https`).
+    pub fn scheme(&self) -> &'a str {
+        self.scheme
+    }
+    /// The authority (`api.example.com`, `127.0.0.1:8080`).
+    pub fn authority(&self) -> &'a str {
+        self.authority
+    }
+    /// The path (`/v1/items`).
+    pub fn path(&self) -> &'a str {
+        self.path
+    }
+    /// The query, without `?`.
+    pub fn query(&self) -> Option<&'a str> {
+        self.query
+    }
+    /// The request's extensions (per-request control, see [`AuthorizationControl`]).
+    pub fn extensions(&self) -> &'a Extensions {
+        self.extensions
+    }
+    /// Whether the caller asked for a forced refresh of this request's credential.
+    pub fn force_refresh(&self) -> bool {
+        matches!(
+            self.extensions.get::<AuthorizationControl>(),
+            Some(AuthorizationControl::ForceRefresh)
+        )
+    }
+}
+
+impl fmt::Debug for RequestView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The query may carry secrets of the caller's own; it is not printed.
+        f.debug_struct("RequestView")
+            .field("method", self.method)
+            .field("scheme", &self.scheme)
+            .field("authority", &self.authority)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-request control, set in the request's extensions (`http::Request::extensions_mut` in
+/// tower, `RequestBuilder::with_extension` in reqwest-middleware).
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum AuthorizationControl {
+    /// Send this request without a credential.
+    Skip,
+    /// Refresh the credential before sending this request.
+    ForceRefresh,
+    /// Use this provider instead of the adapter's.
+    Provider(Arc<dyn AuthorizationProvider>),
+}
+
+impl fmt::Debug for AuthorizationControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthorizationControl::Skip => f.write_str("Skip"),
+            AuthorizationControl::ForceRefresh => f.write_str("ForceRefresh"),
+            AuthorizationControl::Provider(_) => f.write_str("Provider(..)"),
+        }
+    }
+}
+
+/// Identifies which token a [`Credential`] was built from, so that a 401 can be matched to
+/// the token that caused it. Opaque; only equality and order mean anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Generation(u64);
+
+impl Generation {
+    /// A generation from a counter value (providers count their tokens).
+    pub const fn new(value: u64) -> Self {
+        Self(value)
+    }
+    /// The counter value.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// What a provider hands to an adapter: the `Authorization` value (always marked sensitive),
+/// its generation, and optional extra headers.
+#[derive(Clone)]
+pub struct Credential {
+    value: HeaderValue,
+    generation: Generation,
+    extra: Option<Arc<HeaderMap>>,
+}
+
+impl Credential {
+    /// A credential with this `Authorization` value. The value is marked sensitive.
+    pub fn new(mut value: HeaderValue, generation: Generation) -> Self {
+        value.set_sensitive(true);
+        Self {
+            value,
+            generation,
+            extra: None,
+        }
+    }
+
+    /// Adds headers sent along with `Authorization` (a DPoP proof, a tenant header).
+    /// Every value is marked sensitive.
+    pub fn with_extra_headers(mut self, mut headers: HeaderMap) -> Self {
+        for value in headers.values_mut() {
+            value.set_sensitive(true);
+        }
+        self.extra = Some(Arc::new(headers));
+        self
+    }
+
+    /// The `Authorization` value.
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.value
+    }
+
+    /// Which token this credential came from.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// Extra headers, if any.
+    pub fn extra_headers(&self) -> Option<&HeaderMap> {
+        self.extra.as_deref()
+    }
+
+    /// Writes `Authorization` and the extra headers into `headers`, replacing earlier values.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert(AUTHORIZATION, self.value.clone());
+        if let Some(extra) = &self.extra {
+            for (name, value) in extra.iter() {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("value", &"[REDACTED]")
+            .field("generation", &self.generation)
+            .field(
+                "extra_headers",
+                &self.extra.as_ref().map(|h| h.keys().collect::<Vec<_>>()),
+            )
+            .finish()
+    }
+}
+
+/// A provider's answer to a 401.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Unauthorized {
+    /// Send the request once more with this credential.
+    Retry(Credential),
+    /// Return the 401 to the caller unchanged.
+    GiveUp,
+}
+
+/// The future returned by provider methods: either an answer at hand (no allocation) or a
+/// boxed future for the slow path.
+#[non_exhaustive]
+pub enum ProviderFuture<T> {
+    /// The answer is known. `None` once it has been taken by polling.
+    Ready(Option<Result<T, Error>>),
+    /// The answer needs work (a refresh, a callback).
+    Pending(BoxFuture<'static, Result<T, Error>>),
+}
+
+/// What [`AuthorizationProvider::authorize`] returns.
+pub type AuthorizeFuture = ProviderFuture<Credential>;
+/// What [`AuthorizationProvider::on_unauthorized`] returns.
+pub type UnauthorizedFuture = ProviderFuture<Unauthorized>;
+
+impl<T> ProviderFuture<T> {
+    /// An answer at hand.
+    pub fn ready(result: Result<T, Error>) -> Self {
+        ProviderFuture::Ready(Some(result))
+    }
+
+    /// An answer that `future` will give.
+    pub fn pending(future: impl Future<Output = Result<T, Error>> + Send + 'static) -> Self {
+        ProviderFuture::Pending(Box::pin(future))
+    }
+
+    /// Takes the answer if it is at hand, without polling.
+    pub fn take_ready(&mut self) -> Option<Result<T, Error>> {
+        match self {
+            ProviderFuture::Ready(result) => result.take(),
+            ProviderFuture::Pending(_) => None,
+        }
+    }
+}
+
+// Neither variant is ever pinned in place: `T` only sits in an `Option` that is moved out.
+impl<T> Unpin for ProviderFuture<T> {}
+
+impl<T> Future for ProviderFuture<T> {
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            ProviderFuture::Ready(result) => Poll::Ready(result.take().unwrap_or(Err(
+                Error::Config("a provider future was polled after it completed".into()),
+            ))),
+            ProviderFuture::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<T> fmt::Debug for ProviderFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProviderFuture::Ready(_) => f.write_str("ProviderFuture::Ready"),
+            ProviderFuture::Pending(_) => f.write_str("ProviderFuture::Pending"),
+        }
+    }
+}
+
+/// Supplies the `Authorization` credential for outgoing requests and decides what a 401
+/// means.
+///
+/// Adapters call [`authorize`](Self::authorize) before each request to an allowed origin, and
+/// [`on_unauthorized`](Self::on_unauthorized) when the answer is a 401 for a credential they
+/// stamped. The trait is dyn-compatible: `Arc<dyn AuthorizationProvider>` works, and is what a
+/// per-request override ([`AuthorizationControl::Provider`]) holds.
+///
+/// ```
+/// use client_auth::{
+///     AuthorizationProvider, AuthorizeFuture, Credential, Generation, RequestView,
+/// };
+/// use http::HeaderValue;
+///
+/// /// Sends a header value computed from the request path.
+/// struct PerPath;
+///
+/// impl AuthorizationProvider for PerPath {
+///     fn authorize(&self, request: &RequestView<'_>) -> AuthorizeFuture {
+///         let value = if request.path().starts_with("/admin") { "Token admin" } else { "Token user" };
+///         AuthorizeFuture::ready(Ok(Credential::new(
+///             HeaderValue::from_static(value),
+///             Generation::new(0),
+///         )))
+///     }
+///
+///     fn can_recover(&self) -> bool {
+///         false
+///     }
+/// }
+///
+/// let provider: std::sync::Arc<dyn AuthorizationProvider> = std::sync::Arc::new(PerPath);
+/// # let _ = provider;
+/// ```
+pub trait AuthorizationProvider: Send + Sync + 'static {
+    /// The credential for this request.
+    ///
+    /// # Errors
+    ///
+    /// When no credential can be had; the adapter then does not send the request.
+    fn authorize(&self, request: &RequestView<'_>) -> AuthorizeFuture;
+
+    /// The server answered `status` (a 401) to a request sent with `failed`; `headers` are the
+    /// response headers (`WWW-Authenticate`). The default gives up.
+    ///
+    /// # Errors
+    ///
+    /// When the session has ended; the adapter returns the error instead of the 401.
+    fn on_unauthorized(
+        &self,
+        failed: &Credential,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> UnauthorizedFuture {
+        let _ = (failed, status, headers);
+        UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp))
+    }
+
+    /// Whether [`on_unauthorized`](Self::on_unauthorized) can ever answer `Retry`. When
+    /// `false`, adapters skip the request snapshot that a retry needs. Defaults to `true`;
+    /// providers that never retry should say `false`.
+    fn can_recover(&self) -> bool {
+        true
+    }
+}
+
+impl<P: AuthorizationProvider + ?Sized> AuthorizationProvider for Arc<P> {
+    fn authorize(&self, request: &RequestView<'_>) -> AuthorizeFuture {
+        (**self).authorize(request)
+    }
+    fn on_unauthorized(
+        &self,
+        failed: &Credential,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> UnauthorizedFuture {
+        (**self).on_unauthorized(failed, status, headers)
+    }
+    fn can_recover(&self) -> bool {
+        (**self).can_recover()
+    }
+}
+
+impl<P: AuthorizationProvider + ?Sized> AuthorizationProvider for Box<P> {
+    fn authorize(&self, request: &RequestView<'_>) -> AuthorizeFuture {
+        (**self).authorize(request)
+    }
+    fn on_unauthorized(
+        &self,
+        failed: &Credential,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> UnauthorizedFuture {
+        (**self).on_unauthorized(failed, status, headers)
+    }
+    fn can_recover(&self) -> bool {
+        (**self).can_recover()
+    }
+}
+
+// The trait must stay dyn-compatible: this fails to compile otherwise.
+const _: fn(&dyn AuthorizationProvider) = |_| {};
+const _: fn(Arc<dyn AuthorizationProvider>) -> Box<dyn AuthorizationProvider> = |p| Box::new(p);
