@@ -45,12 +45,14 @@
 //!
 //! None is on by default.
 
+mod adapter;
 mod clock;
 mod customer;
 mod error;
 #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
 mod jwt;
 mod oauth;
+mod origin;
 mod provider;
 mod secret;
 mod session;
@@ -66,6 +68,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[cfg(any(test, feature = "test-util"))]
 pub use clock::ManualClock;
+pub use adapter::{Plan, ProviderRef, plan_request};
 pub use clock::{Clock, SystemClock};
 pub use customer::*;
 pub use error::{
@@ -78,6 +81,7 @@ pub use jwt::*;
 pub use oauth::ReqwestTransport;
 #[cfg(feature = "tower")]
 pub use oauth::TowerTransport;
+pub use origin::{OriginPolicy, OriginPolicyBuilder};
 pub use oauth::{ClientAuth, OAuthProvider, OAuthProviderBuilder, TokenTransport, Tokens};
 pub use provider::{
     AuthorizationControl, AuthorizationProvider, AuthorizeFuture, Credential, Generation,

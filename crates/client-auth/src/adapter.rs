@@ -1,0 +1,147 @@
+//! The per-request decision both adapters share, so neither holds auth policy of its own.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use client_auth::{plan_request, OriginPolicy, Plan, RequestView, StaticToken};
+//! use http::{Extensions, Method};
+//!
+//! let provider = Arc::new(StaticToken::api_key("k")?);
+//! let origins = OriginPolicy::builder().allow_origin("https://api.example.com").build()?;
+//! let ext = Extensions::new();
+//! let to_api = RequestView::new(&Method::GET, "https", "api.example.com", "/", None, &ext);
+//! assert!(matches!(plan_request(&provider, &origins, &to_api, false), Plan::Authorize(_)));
+//! let elsewhere = RequestView::new(&Method::GET, "https", "cdn.example.net", "/", None, &ext);
+//! assert!(matches!(plan_request(&provider, &origins, &elsewhere, false), Plan::PassThrough));
+//! # Ok::<(), client_auth::Error>(())
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::origin::OriginPolicy;
+use crate::provider::{AuthorizationControl, AuthorizationProvider, AuthorizeFuture, RequestView};
+
+/// What to do with one request.
+pub enum Plan<'a, P> {
+    /// Send it untouched: another origin, a caller-set `Authorization`, or a per-request skip.
+    PassThrough,
+    /// Ask this provider for a credential.
+    Authorize(ProviderRef<'a, P>),
+}
+
+/// The adapter's provider, or the per-request override found in the extensions.
+pub enum ProviderRef<'a, P> {
+    /// The adapter's own provider.
+    Default(&'a Arc<P>),
+    /// A provider set for this request ([`AuthorizationControl::Provider`]).
+    Override(&'a Arc<dyn AuthorizationProvider>),
+}
+
+impl<P> fmt::Debug for Plan<'_, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Plan::PassThrough => f.write_str("PassThrough"),
+            Plan::Authorize(p) => f.debug_tuple("Authorize").field(p).finish(),
+        }
+    }
+}
+
+impl<P> fmt::Debug for ProviderRef<'_, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProviderRef::Default(_) => f.write_str("Default"),
+            ProviderRef::Override(_) => f.write_str("Override"),
+        }
+    }
+}
+
+impl<P: AuthorizationProvider> ProviderRef<'_, P> {
+    /// The provider's credential for `request`.
+    pub fn authorize(&self, request: &RequestView<'_>) -> AuthorizeFuture {
+        match self {
+            ProviderRef::Default(p) => p.authorize(request),
+            ProviderRef::Override(p) => p.authorize(request),
+        }
+    }
+
+    /// Whether the provider may answer a 401 with a retry (if not, no snapshot is taken).
+    pub fn can_recover(&self) -> bool {
+        match self {
+            ProviderRef::Default(p) => p.can_recover(),
+            ProviderRef::Override(p) => p.can_recover(),
+        }
+    }
+
+    /// An owned handle, kept by a request that may need to ask about a 401 later.
+    pub fn to_owned(&self) -> Arc<dyn AuthorizationProvider> {
+        match self {
+            ProviderRef::Default(p) => Arc::clone(*p) as Arc<dyn AuthorizationProvider>,
+            ProviderRef::Override(p) => Arc::clone(p),
+        }
+    }
+}
+
+/// Decides what an adapter does with a request: pass it through untouched, or authorize it and
+/// with which provider.
+///
+/// In order: a per-request [`AuthorizationControl::Skip`] passes through; a request whose
+/// caller already set `Authorization` (`caller_set_authorization`) passes through, and so does
+/// its 401; an origin the policy does not allow passes through; otherwise the per-request
+/// override provider, or the adapter's.
+pub fn plan_request<'a, P: AuthorizationProvider>(
+    provider: &'a Arc<P>,
+    origins: &OriginPolicy,
+    request: &RequestView<'a>,
+    caller_set_authorization: bool,
+) -> Plan<'a, P> {
+    let control = request.extensions().get::<AuthorizationControl>();
+    if matches!(control, Some(AuthorizationControl::Skip))
+        || caller_set_authorization
+        || !origins.allows(request.scheme(), request.authority())
+    {
+        return Plan::PassThrough;
+    }
+    match control {
+        Some(AuthorizationControl::Provider(p)) => Plan::Authorize(ProviderRef::Override(p)),
+        _ => Plan::Authorize(ProviderRef::Default(provider)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StaticToken;
+    use http::{Extensions, Method};
+
+    fn origins() -> OriginPolicy {
+        OriginPolicy::builder()
+            .allow_origin("https://api.example.com")
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn skip_and_caller_header_pass_through() {
+        let p = Arc::new(StaticToken::api_key("k").unwrap());
+        let mut ext = Extensions::new();
+        let view = RequestView::new(&Method::GET, "https", "api.example.com", "/", None, &ext);
+        assert!(matches!(plan_request(&p, &origins(), &view, true), Plan::PassThrough));
+        ext.insert(AuthorizationControl::Skip);
+        let view = RequestView::new(&Method::GET, "https", "api.example.com", "/", None, &ext);
+        assert!(matches!(plan_request(&p, &origins(), &view, false), Plan::PassThrough));
+    }
+
+    #[test]
+    fn an_override_provider_replaces_the_default() {
+        let p = Arc::new(StaticToken::api_key("default").unwrap());
+        let other: Arc<dyn AuthorizationProvider> = Arc::new(StaticToken::api_key("other").unwrap());
+        let mut ext = Extensions::new();
+        ext.insert(AuthorizationControl::Provider(other));
+        let view = RequestView::new(&Method::GET, "https", "api.example.com", "/", None, &ext);
+        let Plan::Authorize(chosen) = plan_request(&p, &origins(), &view, false) else {
+            panic!("authorize expected")
+        };
+        let cred = chosen.authorize(&view).take_ready().unwrap().unwrap();
+        assert_eq!(cred.header_value(), "Token other");
+    }
+}

@@ -1,0 +1,243 @@
+//! Which origins receive credentials.
+//!
+//! Credentials go only to origins the user named. Building a policy that names none is an
+//! error, not a silently header-less client; `http://` origins need an explicit opt-in.
+//!
+//! ```
+//! use client_auth::OriginPolicy;
+//!
+//! let policy = OriginPolicy::builder()
+//!     .allow_origin("https://api.example.com")
+//!     .allow_origin("https://uploads.example.com:8443")
+//!     .build()?;
+//! assert!(policy.allows("https", "api.example.com"));
+//! assert!(policy.allows("https", "API.example.com:443"));
+//! assert!(!policy.allows("http", "api.example.com"));
+//! assert!(!policy.allows("https", "evil.example.com"));
+//!
+//! // Naming no origin is an error.
+//! assert!(OriginPolicy::builder().build().is_err());
+//! // So is a plain-http origin without the opt-in.
+//! assert!(OriginPolicy::builder().allow_origin("http://localhost:8080").build().is_err());
+//! # Ok::<(), client_auth::Error>(())
+//! ```
+
+use std::sync::Arc;
+
+use crate::error::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Origin {
+    https: bool,
+    host: String,
+    port: u16,
+}
+
+/// The origins that receive credentials. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct OriginPolicy {
+    origins: Arc<[Origin]>,
+    any_https: bool,
+}
+
+/// Builds an [`OriginPolicy`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct OriginPolicyBuilder {
+    origins: Vec<String>,
+    any_https: bool,
+    allow_http: bool,
+}
+
+impl OriginPolicy {
+    /// A builder with no origin.
+    pub fn builder() -> OriginPolicyBuilder {
+        OriginPolicyBuilder::default()
+    }
+
+    /// Whether a request to `scheme://authority` gets credentials. Allocation-free.
+    pub fn allows(&self, scheme: &str, authority: &str) -> bool {
+        let https = if scheme.eq_ignore_ascii_case("https") {
+            true
+        } else if scheme.eq_ignore_ascii_case("http") {
+            false
+        } else {
+            return false;
+        };
+        let Some((host, port)) = split_authority(authority, https) else {
+            return false;
+        };
+        if https && self.any_https {
+            return true;
+        }
+        self.origins
+            .iter()
+            .any(|o| o.https == https && o.port == port && o.host.eq_ignore_ascii_case(host))
+    }
+
+    /// Whether `a` and `b` (scheme, authority) are the same origin.
+    pub fn same_origin(a: (&str, &str), b: (&str, &str)) -> bool {
+        let https_a = a.0.eq_ignore_ascii_case("https");
+        let https_b = b.0.eq_ignore_ascii_case("https");
+        if https_a != https_b || !a.0.eq_ignore_ascii_case(b.0) {
+            return false;
+        }
+        match (split_authority(a.1, https_a), split_authority(b.1, https_b)) {
+            (Some((ha, pa)), Some((hb, pb))) => pa == pb && ha.eq_ignore_ascii_case(hb),
+            _ => false,
+        }
+    }
+}
+
+/// `host[:port]` with the scheme's default port; `None` for userinfo or a bad port.
+fn split_authority(authority: &str, https: bool) -> Option<(&str, u16)> {
+    if authority.contains('@') || authority.is_empty() {
+        return None;
+    }
+    let default = if https { 443 } else { 80 };
+    // IPv6 literals: `[::1]:8080`
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let host = &authority[..end + 2];
+        match &rest[end + 1..] {
+            "" => (host, None),
+            p => (host, Some(p.strip_prefix(':')?)),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        None | Some("") => default,
+        Some(p) => p.parse().ok()?,
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some((host, port))
+}
+
+impl OriginPolicyBuilder {
+    /// Allows `origin` (`https://host[:port]`; a path is not allowed).
+    pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
+        self.origins.push(origin.into());
+        self
+    }
+
+    /// Sends credentials to every `https` origin. An explicit opt-out of the origin check, for
+    /// clients that only ever talk to one API.
+    pub fn any_https_origin(mut self) -> Self {
+        self.any_https = true;
+        self
+    }
+
+    /// Allows `http://` origins among the named ones (default: refused, since credentials would
+    /// cross the network in clear text). Meant for loopback test servers.
+    pub fn allow_http(mut self, allow: bool) -> Self {
+        self.allow_http = allow;
+        self
+    }
+
+    /// Builds the policy.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when no origin is named (and `any_https_origin` was not called), when an
+    /// origin does not parse, has a path, or is `http://` without [`allow_http`](Self::allow_http).
+    pub fn build(self) -> Result<OriginPolicy, Error> {
+        if self.origins.is_empty() && !self.any_https {
+            return Err(Error::Config(
+                "no origin is allowed to receive credentials: call allow_origin(\"https://api.example.com\") or any_https_origin()".into(),
+            ));
+        }
+        let mut origins = Vec::with_capacity(self.origins.len());
+        for raw in &self.origins {
+            let uri: http::Uri = raw
+                .parse()
+                .map_err(|_| Error::Config(format!("`{raw}` is not a valid origin").into()))?;
+            let https = match uri.scheme_str() {
+                Some(s) if s.eq_ignore_ascii_case("https") => true,
+                Some(s) if s.eq_ignore_ascii_case("http") => {
+                    if !self.allow_http {
+                        return Err(Error::Config(
+                            format!("`{raw}` is plain http: credentials would travel in clear text; call allow_http(true) to allow it").into(),
+                        ));
+                    }
+                    false
+                }
+                _ => {
+                    return Err(Error::Config(
+                        format!("`{raw}` must start with https://").into(),
+                    ));
+                }
+            };
+            let has_path = uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty());
+            let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+            let (host, port) = match split_authority(authority, https) {
+                Some(hp) if !has_path => hp,
+                _ => {
+                    return Err(Error::Config(
+                        format!("`{raw}` is not an origin (scheme://host[:port], no user, no path)").into(),
+                    ));
+                }
+            };
+            origins.push(Origin {
+                https,
+                host: host.to_ascii_lowercase(),
+                port,
+            });
+        }
+        Ok(OriginPolicy {
+            origins: origins.into(),
+            any_https: self.any_https,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_origins_match_by_scheme_host_and_effective_port() {
+        let p = OriginPolicy::builder()
+            .allow_origin("https://api.example.com")
+            .allow_origin("http://127.0.0.1:8080")
+            .allow_origin("https://[::1]:9443")
+            .allow_http(true)
+            .build()
+            .unwrap();
+        assert!(p.allows("https", "api.example.com:443"));
+        assert!(!p.allows("https", "api.example.com:8443"));
+        assert!(!p.allows("http", "api.example.com"));
+        assert!(p.allows("http", "127.0.0.1:8080"));
+        assert!(!p.allows("https", "127.0.0.1:8080"));
+        assert!(p.allows("https", "[::1]:9443"));
+        assert!(!p.allows("https", "user@api.example.com"));
+        assert!(!p.allows("ftp", "api.example.com"));
+    }
+
+    #[test]
+    fn any_https_origin_still_refuses_plain_http() {
+        let p = OriginPolicy::builder().any_https_origin().build().unwrap();
+        assert!(p.allows("https", "whatever.example"));
+        assert!(!p.allows("http", "whatever.example"));
+    }
+
+    #[test]
+    fn bad_origins_are_configuration_errors() {
+        for bad in ["https://api.example.com/v1", "api.example.com", "https://u@h", "ftp://x"] {
+            let r = OriginPolicy::builder().allow_origin(bad).build();
+            assert!(matches!(r, Err(Error::Config(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn same_origin_compares_effective_ports() {
+        assert!(OriginPolicy::same_origin(("https", "a.example"), ("https", "A.example:443")));
+        assert!(!OriginPolicy::same_origin(("https", "a.example"), ("http", "a.example")));
+        assert!(!OriginPolicy::same_origin(("https", "a.example"), ("https", "b.example")));
+    }
+}
