@@ -125,16 +125,23 @@ mod tests {
         let p = Arc::new(StaticToken::api_key("k").unwrap());
         let mut ext = Extensions::new();
         let view = RequestView::new(&Method::GET, "https", "api.example.com", "/", None, &ext);
-        assert!(matches!(plan_request(&p, &origins(), &view, true), Plan::PassThrough));
+        assert!(matches!(
+            plan_request(&p, &origins(), &view, true),
+            Plan::PassThrough
+        ));
         ext.insert(AuthorizationControl::Skip);
         let view = RequestView::new(&Method::GET, "https", "api.example.com", "/", None, &ext);
-        assert!(matches!(plan_request(&p, &origins(), &view, false), Plan::PassThrough));
+        assert!(matches!(
+            plan_request(&p, &origins(), &view, false),
+            Plan::PassThrough
+        ));
     }
 
     #[test]
     fn an_override_provider_replaces_the_default() {
         let p = Arc::new(StaticToken::api_key("default").unwrap());
-        let other: Arc<dyn AuthorizationProvider> = Arc::new(StaticToken::api_key("other").unwrap());
+        let other: Arc<dyn AuthorizationProvider> =
+            Arc::new(StaticToken::api_key("other").unwrap());
         let mut ext = Extensions::new();
         ext.insert(AuthorizationControl::Provider(other));
         let view = RequestView::new(&Method::GET, "https", "api.example.com", "/", None, &ext);

@@ -68,7 +68,9 @@ pub enum Error {
     #[error("the credential contains characters that are not allowed in an HTTP header value")]
     InvalidHeaderValue,
     /// A refresh was needed, but no tokio runtime is running on this thread.
-    #[error("a tokio runtime is required to refresh credentials, and none is running on this thread")]
+    #[error(
+        "a tokio runtime is required to refresh credentials, and none is running on this thread"
+    )]
     NoRuntime,
     /// The token store failed.
     #[error("token store error: {0}")]
@@ -367,7 +369,10 @@ mod tests {
             Some("bad secret"),
         ));
         assert!(!client.is_transient() && !client.is_session_ended());
-        assert_eq!(client.oauth_error().map(OAuthError::code), Some("invalid_client"));
+        assert_eq!(
+            client.oauth_error().map(OAuthError::code),
+            Some("invalid_client")
+        );
     }
 
     #[test]

@@ -66,14 +66,13 @@ use std::pin::Pin;
 /// A boxed, `Send` future: what the slow paths return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+pub use adapter::{Plan, ProviderRef, plan_request};
 #[cfg(any(test, feature = "test-util"))]
 pub use clock::ManualClock;
-pub use adapter::{Plan, ProviderRef, plan_request};
 pub use clock::{Clock, SystemClock};
 pub use customer::*;
 pub use error::{
-    Error, InvalidResponse, OAuthError, SessionEnd, StoreError, TransportError,
-    TransportErrorKind,
+    Error, InvalidResponse, OAuthError, SessionEnd, StoreError, TransportError, TransportErrorKind,
 };
 #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
 pub use jwt::*;
@@ -81,8 +80,8 @@ pub use jwt::*;
 pub use oauth::ReqwestTransport;
 #[cfg(feature = "tower")]
 pub use oauth::TowerTransport;
-pub use origin::{OriginPolicy, OriginPolicyBuilder};
 pub use oauth::{ClientAuth, OAuthProvider, OAuthProviderBuilder, TokenTransport, Tokens};
+pub use origin::{OriginPolicy, OriginPolicyBuilder};
 pub use provider::{
     AuthorizationControl, AuthorizationProvider, AuthorizeFuture, Credential, Generation,
     ProviderFuture, RequestView, Unauthorized, UnauthorizedFuture,

@@ -173,13 +173,18 @@ impl OriginPolicyBuilder {
                     ));
                 }
             };
-            let has_path = uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty());
+            let has_path = uri
+                .path_and_query()
+                .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty());
             let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
             let (host, port) = match split_authority(authority, https) {
                 Some(hp) if !has_path => hp,
                 _ => {
                     return Err(Error::Config(
-                        format!("`{raw}` is not an origin (scheme://host[:port], no user, no path)").into(),
+                        format!(
+                            "`{raw}` is not an origin (scheme://host[:port], no user, no path)"
+                        )
+                        .into(),
                     ));
                 }
             };
@@ -228,7 +233,12 @@ mod tests {
 
     #[test]
     fn bad_origins_are_configuration_errors() {
-        for bad in ["https://api.example.com/v1", "api.example.com", "https://u@h", "ftp://x"] {
+        for bad in [
+            "https://api.example.com/v1",
+            "api.example.com",
+            "https://u@h",
+            "ftp://x",
+        ] {
             let r = OriginPolicy::builder().allow_origin(bad).build();
             assert!(matches!(r, Err(Error::Config(_))), "{bad}");
         }
@@ -236,8 +246,17 @@ mod tests {
 
     #[test]
     fn same_origin_compares_effective_ports() {
-        assert!(OriginPolicy::same_origin(("https", "a.example"), ("https", "A.example:443")));
-        assert!(!OriginPolicy::same_origin(("https", "a.example"), ("http", "a.example")));
-        assert!(!OriginPolicy::same_origin(("https", "a.example"), ("https", "b.example")));
+        assert!(OriginPolicy::same_origin(
+            ("https", "a.example"),
+            ("https", "A.example:443")
+        ));
+        assert!(!OriginPolicy::same_origin(
+            ("https", "a.example"),
+            ("http", "a.example")
+        ));
+        assert!(!OriginPolicy::same_origin(
+            ("https", "a.example"),
+            ("https", "b.example")
+        ));
     }
 }

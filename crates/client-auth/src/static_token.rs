@@ -18,7 +18,9 @@ use base64::Engine as _;
 use http::HeaderValue;
 
 use crate::error::Error;
-use crate::provider::{AuthorizationProvider, AuthorizeFuture, Credential, Generation, RequestView};
+use crate::provider::{
+    AuthorizationProvider, AuthorizeFuture, Credential, Generation, RequestView,
+};
 
 /// A provider that always sends the same `Authorization` value and never retries a 401.
 ///
@@ -56,12 +58,14 @@ impl StaticToken {
         if user.contains(':') {
             return Err(Error::InvalidHeaderValue);
         }
-        let mut raw = zeroize::Zeroizing::new(String::with_capacity(user.len() + password.len() + 1));
+        let mut raw =
+            zeroize::Zeroizing::new(String::with_capacity(user.len() + password.len() + 1));
         raw.push_str(user);
         raw.push(':');
         raw.push_str(password);
-        let encoded =
-            zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(raw.as_bytes()));
+        let encoded = zeroize::Zeroizing::new(
+            base64::engine::general_purpose::STANDARD.encode(raw.as_bytes()),
+        );
         Self::with_scheme("Basic", &encoded)
     }
 
@@ -75,7 +79,8 @@ impl StaticToken {
         if value.trim().is_empty() {
             return Err(Error::InvalidHeaderValue);
         }
-        let mut raw = zeroize::Zeroizing::new(String::with_capacity(scheme.len() + value.len() + 1));
+        let mut raw =
+            zeroize::Zeroizing::new(String::with_capacity(scheme.len() + value.len() + 1));
         raw.push_str(scheme);
         raw.push(' ');
         raw.push_str(value);
@@ -137,10 +142,22 @@ mod tests {
 
     #[test]
     fn invalid_input_is_an_error_not_a_panic() {
-        assert!(matches!(StaticToken::bearer("a\r\nb"), Err(Error::InvalidHeaderValue)));
-        assert!(matches!(StaticToken::api_key(""), Err(Error::InvalidHeaderValue)));
-        assert!(matches!(StaticToken::basic("a:b", "c"), Err(Error::InvalidHeaderValue)));
-        assert!(matches!(StaticToken::api_key("\u{7f}"), Err(Error::InvalidHeaderValue)));
+        assert!(matches!(
+            StaticToken::bearer("a\r\nb"),
+            Err(Error::InvalidHeaderValue)
+        ));
+        assert!(matches!(
+            StaticToken::api_key(""),
+            Err(Error::InvalidHeaderValue)
+        ));
+        assert!(matches!(
+            StaticToken::basic("a:b", "c"),
+            Err(Error::InvalidHeaderValue)
+        ));
+        assert!(matches!(
+            StaticToken::api_key("\u{7f}"),
+            Err(Error::InvalidHeaderValue)
+        ));
     }
 
     #[test]

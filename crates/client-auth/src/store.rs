@@ -25,9 +25,9 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use crate::BoxFuture;
 use crate::error::StoreError;
 use crate::secret::{AccessToken, RefreshToken};
-use crate::BoxFuture;
 
 /// Tokens as a store keeps them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

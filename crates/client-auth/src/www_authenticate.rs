@@ -49,7 +49,8 @@ pub fn parse_challenges(value: &str) -> Vec<Challenge<'_>> {
         let after_ws = skip(b, i, |c| c.is_ascii_whitespace());
         let single_eq = b.get(after_ws) == Some(&b'=') && b.get(after_ws + 1) != Some(&b'=');
         if single_eq && !out.is_empty() {
-            let (val, next) = param_value(value, skip(b, after_ws + 1, |c| c.is_ascii_whitespace()));
+            let (val, next) =
+                param_value(value, skip(b, after_ws + 1, |c| c.is_ascii_whitespace()));
             if let Some(last) = out.last_mut() {
                 last.params.push((word, val));
             }
@@ -75,7 +76,11 @@ fn skip_token68(b: &[u8], start: usize) -> usize {
     let rest = skip(b, pad_end, |c| c.is_ascii_whitespace());
     let at_separator = rest >= b.len() || b[rest] == b',';
     let is_param = pad_end == end + 1 && !at_separator;
-    if at_separator && !is_param { rest } else { start }
+    if at_separator && !is_param {
+        rest
+    } else {
+        start
+    }
 }
 
 /// A parameter value at `j`: a quoted string (escapes kept) or a token. Returns it and the
@@ -89,7 +94,10 @@ fn param_value(value: &str, j: usize) -> (&str, usize) {
         }
         let end = k.min(b.len());
         // Stop on a char boundary even when an escape hides a multi-byte character.
-        let end = (j + 1..=end).rev().find(|&e| value.is_char_boundary(e)).unwrap_or(j + 1);
+        let end = (j + 1..=end)
+            .rev()
+            .find(|&e| value.is_char_boundary(e))
+            .unwrap_or(j + 1);
         (&value[j + 1..end], (k + 1).min(b.len()))
     } else {
         let k = skip(b, j, is_tchar);
@@ -153,17 +161,24 @@ mod tests {
 
     #[test]
     fn parses_bearer_error_and_realm() {
-        let c = parse_challenges(r#"Bearer realm="example", error="invalid_token", error_description="The access token expired""#);
+        let c = parse_challenges(
+            r#"Bearer realm="example", error="invalid_token", error_description="The access token expired""#,
+        );
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].scheme, "Bearer");
         assert_eq!(c[0].param("realm"), Some("example"));
         assert_eq!(c[0].param("ERROR"), Some("invalid_token"));
-        assert_eq!(c[0].param("error_description"), Some("The access token expired"));
+        assert_eq!(
+            c[0].param("error_description"),
+            Some("The access token expired")
+        );
     }
 
     #[test]
     fn parses_several_challenges_and_token68() {
-        let c = parse_challenges(r#"Basic realm="x", Bearer error=insufficient_scope, Negotiate abc=="#);
+        let c = parse_challenges(
+            r#"Basic realm="x", Bearer error=insufficient_scope, Negotiate abc=="#,
+        );
         let schemes: Vec<_> = c.iter().map(|c| c.scheme).collect();
         assert_eq!(schemes, ["Basic", "Bearer", "Negotiate"]);
         assert_eq!(c[1].param("error"), Some("insufficient_scope"));
@@ -172,7 +187,14 @@ mod tests {
     #[test]
     fn bare_scheme_and_garbage_do_not_panic() {
         assert_eq!(parse_challenges("Bearer")[0].scheme, "Bearer");
-        for s in ["", "=", "\"", "Bearer error=\"", "é=é, ,,", "Bearer ==,=\"\\"] {
+        for s in [
+            "",
+            "=",
+            "\"",
+            "Bearer error=\"",
+            "é=é, ,,",
+            "Bearer ==,=\"\\",
+        ] {
             let _ = parse_challenges(s);
         }
     }

@@ -32,7 +32,11 @@ fn authorize(p: &impl AuthorizationProvider) -> client_auth::AuthorizeFuture {
 }
 
 fn access(c: &Credential) -> String {
-    c.header_value().to_str().unwrap().trim_start_matches("Bearer ").to_owned()
+    c.header_value()
+        .to_str()
+        .unwrap()
+        .trim_start_matches("Bearer ")
+        .to_owned()
 }
 
 fn unauthorized() -> HeaderMap {
@@ -46,9 +50,10 @@ fn unauthorized() -> HeaderMap {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_callers_on_an_expired_token_cause_exactly_one_token_request() {
-    let server = TestServer::start_with(ServerConfig::default().token_delay(Duration::from_millis(100)))
-        .await
-        .unwrap();
+    let server =
+        TestServer::start_with(ServerConfig::default().token_delay(Duration::from_millis(100)))
+            .await
+            .unwrap();
     let grant = server.issue_grant("alice", None);
     let clock = ManualClock::new();
     let provider = builder(&server, &clock)
@@ -77,9 +82,10 @@ async fn ten_thousand_callers_on_an_expired_token_cause_exactly_one_token_reques
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_401s_for_the_current_token_cause_one_refresh() {
-    let server = TestServer::start_with(ServerConfig::default().token_delay(Duration::from_millis(50)))
-        .await
-        .unwrap();
+    let server =
+        TestServer::start_with(ServerConfig::default().token_delay(Duration::from_millis(50)))
+            .await
+            .unwrap();
     let grant = server.issue_grant("alice", None);
     let clock = ManualClock::new();
     let provider = builder(&server, &clock)
@@ -94,7 +100,8 @@ async fn a_thousand_concurrent_401s_for_the_current_token_cause_one_refresh() {
         let p = provider.clone();
         let failed = first.clone();
         tasks.push(tokio::spawn(async move {
-            p.on_unauthorized(&failed, StatusCode::UNAUTHORIZED, &unauthorized()).await
+            p.on_unauthorized(&failed, StatusCode::UNAUTHORIZED, &unauthorized())
+                .await
         }));
     }
     let mut retried = std::collections::HashSet::new();
@@ -107,15 +114,21 @@ async fn a_thousand_concurrent_401s_for_the_current_token_cause_one_refresh() {
             other => panic!("expected a retry, got {other:?}"),
         }
     }
-    assert_eq!(server.stats().refresh_grants, 2, "one refresh for a thousand 401s");
+    assert_eq!(
+        server.stats().refresh_grants,
+        2,
+        "one refresh for a thousand 401s"
+    );
     assert_eq!(retried.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inside_the_soft_window_callers_get_the_current_token_without_waiting_while_one_refresh_runs() {
-    let server = TestServer::start_with(ServerConfig::default().token_delay(Duration::from_millis(300)))
-        .await
-        .unwrap();
+async fn inside_the_soft_window_callers_get_the_current_token_without_waiting_while_one_refresh_runs()
+ {
+    let server =
+        TestServer::start_with(ServerConfig::default().token_delay(Duration::from_millis(300)))
+            .await
+            .unwrap();
     let grant = server.issue_grant("alice", None);
     let clock = ManualClock::new();
     let provider = builder(&server, &clock)
@@ -149,9 +162,10 @@ async fn inside_the_soft_window_callers_get_the_current_token_without_waiting_wh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_request_that_started_a_refresh_does_not_stop_it() {
-    let server = TestServer::start_with(ServerConfig::default().token_delay(Duration::from_millis(200)))
-        .await
-        .unwrap();
+    let server =
+        TestServer::start_with(ServerConfig::default().token_delay(Duration::from_millis(200)))
+            .await
+            .unwrap();
     let grant = server.issue_grant("alice", None);
     let clock = ManualClock::new();
     let store = Arc::new(MemoryStore::new());
@@ -178,7 +192,11 @@ async fn dropping_the_request_that_started_a_refresh_does_not_stop_it() {
         .unwrap();
     let stored = store.get(NS).expect("tokens stored");
     let rotated = stored.refresh_token.unwrap();
-    assert_ne!(rotated.expose_secret(), grant.refresh_token, "rotated token stored");
+    assert_ne!(
+        rotated.expose_secret(),
+        grant.refresh_token,
+        "rotated token stored"
+    );
     assert_eq!(stored.access_token.unwrap().expose_secret(), access(&cred));
     assert_eq!(server.stats().refresh_grants, 1);
 }
@@ -208,7 +226,11 @@ impl TokenStore for GatedStore {
     fn load<'a>(&'a self, ns: &'a str) -> BoxFuture<'a, Result<Option<StoredTokens>, StoreError>> {
         self.inner.load(ns)
     }
-    fn save<'a>(&'a self, ns: &'a str, t: &'a StoredTokens) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn save<'a>(
+        &'a self,
+        ns: &'a str,
+        t: &'a StoredTokens,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             self.save_started.notify_one();
             self.release.notified().await;
@@ -241,13 +263,19 @@ async fn a_rotated_refresh_token_is_in_the_store_before_any_caller_sees_the_new_
     // The token endpoint has answered; the store write is held back.
     assert_eq!(server.stats().token_successes, 1);
     assert!(store.inner.get(NS).is_none());
-    assert!(authorize(&provider).take_ready().is_none(), "nobody is served the new token yet");
+    assert!(
+        authorize(&provider).take_ready().is_none(),
+        "nobody is served the new token yet"
+    );
     assert!(!waiter.is_finished());
     store.release.notify_one();
     let cred = waiter.await.unwrap().unwrap();
     let stored = store.inner.get(NS).unwrap();
     assert_eq!(stored.access_token.unwrap().expose_secret(), access(&cred));
-    assert_ne!(stored.refresh_token.unwrap().expose_secret(), grant.refresh_token);
+    assert_ne!(
+        stored.refresh_token.unwrap().expose_secret(),
+        grant.refresh_token
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,7 +290,10 @@ async fn invalid_grant_clears_the_store_ends_the_session_and_later_calls_fail_wi
             ..StoredTokens::default()
         },
     ));
-    let provider = builder(&server, &clock).store(store.clone(), NS).build().unwrap();
+    let provider = builder(&server, &clock)
+        .store(store.clone(), NS)
+        .build()
+        .unwrap();
     server.revoke_grant(&grant.refresh_token);
 
     let err = authorize(&provider).await.unwrap_err();
@@ -276,8 +307,18 @@ async fn invalid_grant_clears_the_store_ends_the_session_and_later_calls_fail_wi
     let calls = server.stats().token_calls;
     let next = authorize(&provider).take_ready().expect("fails fast");
     assert!(matches!(next, Err(Error::NoSession { .. })), "{next:?}");
-    assert!(provider.access_token().await.unwrap_err().is_session_ended());
-    assert_eq!(server.stats().token_calls, calls, "no network after the session ended");
+    assert!(
+        provider
+            .access_token()
+            .await
+            .unwrap_err()
+            .is_session_ended()
+    );
+    assert_eq!(
+        server.stats().token_calls,
+        calls,
+        "no network after the session ended"
+    );
 
     // New tokens after a sign-in bring the session back.
     let again = server.issue_grant("alice", None);
@@ -289,9 +330,17 @@ async fn invalid_grant_clears_the_store_ends_the_session_and_later_calls_fail_wi
         })
         .await
         .unwrap();
-    assert_eq!(access(&authorize(&provider).await.unwrap()), again.access_token);
     assert_eq!(
-        store.get(NS).unwrap().refresh_token.unwrap().expose_secret(),
+        access(&authorize(&provider).await.unwrap()),
+        again.access_token
+    );
+    assert_eq!(
+        store
+            .get(NS)
+            .unwrap()
+            .refresh_token
+            .unwrap()
+            .expose_secret(),
         again.refresh_token
     );
 }
@@ -326,7 +375,10 @@ async fn a_5xx_keeps_the_session_and_the_valid_token_and_backs_off_without_hamme
 
     // Past the hard window, inside the backoff: the same retryable error, no new call.
     clock.advance(Duration::from_secs(295)); // 3595 s: 5 s before expiry
-    let err = authorize(&provider).take_ready().expect("fails fast").unwrap_err();
+    let err = authorize(&provider)
+        .take_ready()
+        .expect("fails fast")
+        .unwrap_err();
     assert!(err.is_transient(), "{err:?}");
     assert!(err.to_string().contains("503"));
     assert_eq!(server.stats().token_calls, 1);
@@ -395,7 +447,10 @@ async fn invalid_client_keeps_the_session_and_is_not_transient() {
     assert!(!err.is_transient() && !err.is_session_ended(), "{err:?}");
     assert_eq!(err.oauth_error().map(|e| e.code()), Some("invalid_client"));
     assert!(err.to_string().contains("check the client configuration"));
-    assert!(!matches!(provider.session_state(), SessionState::NoSession(_)));
+    assert!(!matches!(
+        provider.session_state(),
+        SessionState::NoSession(_)
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,7 +477,11 @@ async fn a_resource_that_rejects_every_fresh_token_causes_at_most_one_refresh_pe
             .unwrap();
         assert!(matches!(answer, Unauthorized::GiveUp));
     }
-    assert_eq!(server.stats().refresh_grants, 2, "initial fetch + one 401 refresh");
+    assert_eq!(
+        server.stats().refresh_grants,
+        2,
+        "initial fetch + one 401 refresh"
+    );
     clock.advance(Duration::from_secs(31));
     let answer = provider
         .on_unauthorized(&second, StatusCode::UNAUTHORIZED, &unauthorized())
@@ -491,9 +550,11 @@ async fn a_401_for_an_older_token_retries_with_the_current_one_without_refreshin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_credentials_fetches_caches_and_refetches_on_expiry() {
-    let server = TestServer::start_with(ServerConfig::default().access_token_lifetime(Duration::from_secs(3600)))
-        .await
-        .unwrap();
+    let server = TestServer::start_with(
+        ServerConfig::default().access_token_lifetime(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
     let clock = ManualClock::new();
     let provider = OAuthProvider::client_credentials(server.token_url())
         .client_id(server.client_id())
@@ -564,9 +625,20 @@ async fn an_empty_store_means_no_session_without_a_network_call() {
     let clock = ManualClock::new();
     let provider = builder(&server, &clock).build().unwrap();
     let err = authorize(&provider).await.unwrap_err();
-    assert!(matches!(err, Error::NoSession { reason: SessionReason::NoToken }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::NoSession {
+                reason: SessionReason::NoToken
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(server.stats().token_calls, 0);
-    assert_eq!(provider.session_state(), SessionState::NoSession(SessionReason::NoToken));
+    assert_eq!(
+        provider.session_state(),
+        SessionState::NoSession(SessionReason::NoToken)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -591,8 +663,17 @@ async fn verify_session_forces_one_refresh_and_logout_revokes_and_clears() {
     provider.logout().await.unwrap();
     assert_eq!(server.stats().revocations, 1);
     assert!(store.get(NS).is_none());
-    assert_eq!(provider.session_state(), SessionState::NoSession(SessionReason::Logout));
-    assert!(authorize(&provider).take_ready().unwrap().unwrap_err().is_session_ended());
+    assert_eq!(
+        provider.session_state(),
+        SessionState::NoSession(SessionReason::Logout)
+    );
+    assert!(
+        authorize(&provider)
+            .take_ready()
+            .unwrap()
+            .unwrap_err()
+            .is_session_ended()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,7 +691,12 @@ async fn a_missing_refresh_token_in_the_answer_keeps_the_old_one() {
         .unwrap();
     authorize(&provider).await.unwrap();
     assert_eq!(
-        store.get(NS).unwrap().refresh_token.unwrap().expose_secret(),
+        store
+            .get(NS)
+            .unwrap()
+            .refresh_token
+            .unwrap()
+            .expose_secret(),
         grant.refresh_token
     );
     provider.verify_session().await.unwrap();
@@ -652,7 +738,10 @@ async fn debug_output_of_providers_and_errors_holds_no_secret() {
 async fn wait_until(cond: impl Fn() -> bool) {
     let calls = AtomicUsize::new(0);
     while !cond() {
-        assert!(calls.fetch_add(1, Ordering::Relaxed) < 1000, "condition not met in 10 s");
+        assert!(
+            calls.fetch_add(1, Ordering::Relaxed) < 1000,
+            "condition not met in 10 s"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

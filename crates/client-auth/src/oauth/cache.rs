@@ -16,12 +16,10 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use super::response::{GrantKind, parse_token_response};
-use super::{Config, Tokens, TokenTransport};
+use super::{Config, TokenTransport, Tokens};
 use crate::clock::Clock;
 use crate::error::{Error, SessionEnd, TransportError};
-use crate::provider::{
-    AuthorizeFuture, Credential, Generation, Unauthorized, UnauthorizedFuture,
-};
+use crate::provider::{AuthorizeFuture, Credential, Generation, Unauthorized, UnauthorizedFuture};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::session::{SessionReason, SessionState, SessionWatch};
 use crate::store::{StoredTokens, TokenStore};
@@ -143,7 +141,12 @@ impl Engine {
         };
         if let Some((token, expires_in)) = access_token {
             let now = engine.clock.now();
-            let cached = engine.make_cached(token, expires_in.or(engine.config.assume_lifetime), now, None)?;
+            let cached = engine.make_cached(
+                token,
+                expires_in.or(engine.config.assume_lifetime),
+                now,
+                None,
+            )?;
             engine.current.store(Some(cached));
         }
         Ok(engine)
@@ -169,12 +172,15 @@ impl Engine {
         let raw = zeroize::Zeroizing::new(format!("Bearer {}", token.expose_secret()));
         let value = HeaderValue::from_str(&raw).map_err(|_| Error::InvalidHeaderValue)?;
         let generation = Generation::new(self.generation.fetch_add(1, Ordering::Relaxed) + 1);
-        let (refresh_at, stale_at) = match lifetime.and_then(|l| Some((l, sent_at.checked_add(l)?))) {
+        let (refresh_at, stale_at) = match lifetime.and_then(|l| Some((l, sent_at.checked_add(l)?)))
+        {
             None => (None, None),
             Some((lifetime, expires)) => {
                 let w = &self.config.windows;
                 let (soft, hard) = w.for_lifetime(lifetime);
-                let jitter = soft.saturating_sub(hard).mul_f64(fastrand::f64() * w.jitter);
+                let jitter = soft
+                    .saturating_sub(hard)
+                    .mul_f64(fastrand::f64() * w.jitter);
                 let at = |before: Duration| expires.checked_sub(before).unwrap_or(sent_at);
                 (Some(at(soft) + jitter), Some(at(hard)))
             }
@@ -193,7 +199,9 @@ impl Engine {
         match self.get(force) {
             Ok(Join::Current(cached)) => AuthorizeFuture::ready(Ok(cached.credential.clone())),
             Ok(Join::Wait(rx)) => {
-                AuthorizeFuture::pending(async move { wait(rx).await.map(|c| c.credential.clone()) })
+                AuthorizeFuture::pending(
+                    async move { wait(rx).await.map(|c| c.credential.clone()) },
+                )
             }
             Err(e) => AuthorizeFuture::ready(Err(e)),
         }
@@ -210,16 +218,14 @@ impl Engine {
 
     fn get(self: &Arc<Self>, force: bool) -> Result<Join, Error> {
         let now = self.clock.now();
-        if !force {
-            if let Some(cached) = &*self.current.load() {
-                match cached.freshness(now) {
-                    Freshness::Fresh => return Ok(Join::Current(Arc::clone(cached))),
-                    Freshness::Soft => {
-                        self.refresh_ahead(now);
-                        return Ok(Join::Current(Arc::clone(cached)));
-                    }
-                    Freshness::Stale => {}
+        if !force && let Some(cached) = &*self.current.load() {
+            match cached.freshness(now) {
+                Freshness::Fresh => return Ok(Join::Current(Arc::clone(cached))),
+                Freshness::Soft => {
+                    self.refresh_ahead(now);
+                    return Ok(Join::Current(Arc::clone(cached)));
                 }
+                Freshness::Stale => {}
             }
         }
         self.join(if force { Need::New } else { Need::Usable }, now)
@@ -258,10 +264,10 @@ impl Engine {
                 return Ok(Join::Current(cached));
             }
         }
-        if let Some((until, error)) = &st.backoff {
-            if now < *until {
-                return Err(error.clone());
-            }
+        if let Some((until, error)) = &st.backoff
+            && now < *until
+        {
+            return Err(error.clone());
         }
         self.start_locked(&mut st).map(Join::Wait)
     }
@@ -350,28 +356,32 @@ impl Engine {
         let result = async {
             if lease.is_some() {
                 // Another process may have refreshed while this one waited for the lease.
-                if let Some(stored) = self.store.load(ns).await.map_err(Error::Store)? {
-                    if stored.refresh_token != refresh_token {
-                        if let Some(theirs) = self.adopt(&stored, SessionReason::Refreshed)? {
-                            return Ok(theirs);
-                        }
-                        refresh_token = stored.refresh_token;
+                if let Some(stored) = self.store.load(ns).await.map_err(Error::Store)?
+                    && stored.refresh_token != refresh_token
+                {
+                    if let Some(theirs) = self.adopt(&stored, SessionReason::Refreshed)? {
+                        return Ok(theirs);
                     }
+                    refresh_token = stored.refresh_token;
                 }
             }
             self.exchange(refresh_token).await
         }
         .await;
-        if let Some(lease) = lease {
-            if let Err(e) = lease.release().await {
-                tracing::warn!(error = %e, "could not release the refresh lease");
-            }
+        if let Some(lease) = lease
+            && let Err(e) = lease.release().await
+        {
+            tracing::warn!(error = %e, "could not release the refresh lease");
         }
         result
     }
 
     /// Uses stored tokens when their access token is still usable.
-    fn adopt(&self, stored: &StoredTokens, reason: SessionReason) -> Result<Option<Refreshed>, Error> {
+    fn adopt(
+        &self,
+        stored: &StoredTokens,
+        reason: SessionReason,
+    ) -> Result<Option<Refreshed>, Error> {
         let Some(token) = &stored.access_token else {
             return Ok(None);
         };
@@ -461,7 +471,11 @@ impl Engine {
     }
 
     /// Publishes a refresh's outcome and clears the in-flight marker.
-    async fn finish(&self, result: Result<Refreshed, Error>, epoch: u64) -> Result<Arc<Cached>, Error> {
+    async fn finish(
+        &self,
+        result: Result<Refreshed, Error>,
+        epoch: u64,
+    ) -> Result<Arc<Cached>, Error> {
         match result {
             Ok(refreshed) => {
                 let mut st = self.lock();
@@ -489,10 +503,11 @@ impl Engine {
                 };
                 // Clear the store before publishing, so no other process or restart picks the
                 // dead refresh token up again.
-                if self.lock().epoch == epoch {
-                    if let Err(store_error) = self.store.clear(&self.config.namespace).await {
-                        tracing::error!(error = %store_error, "could not clear the token store");
-                    }
+                let same_epoch = self.lock().epoch == epoch;
+                if same_epoch
+                    && let Err(store_error) = self.store.clear(&self.config.namespace).await
+                {
+                    tracing::error!(error = %store_error, "could not clear the token store");
                 }
                 let mut st = self.lock();
                 self.clear_in_flight(&mut st);
@@ -516,7 +531,9 @@ impl Engine {
                 self.clear_in_flight(&mut st);
                 if st.epoch == epoch {
                     st.failures = st.failures.saturating_add(1);
-                    let delay = self.backoff_delay(st.failures).max(e.retry_after().unwrap_or_default());
+                    let delay = self
+                        .backoff_delay(st.failures)
+                        .max(e.retry_after().unwrap_or_default());
                     st.backoff = Some((now + delay, e.clone()));
                     drop(st);
                     tracing::warn!(
@@ -565,13 +582,12 @@ impl Engine {
             return UnauthorizedFuture::ready(Err(e.clone()));
         }
         let current = self.current.load_full();
-        if let Some(cached) = &current {
-            if cached.credential.generation() != failed_generation
-                && cached.freshness(now) != Freshness::Stale
-            {
-                tracing::debug!("401 for an older token; retrying with the current one");
-                return UnauthorizedFuture::ready(Ok(Unauthorized::Retry(cached.credential.clone())));
-            }
+        if let Some(cached) = &current
+            && cached.credential.generation() != failed_generation
+            && cached.freshness(now) != Freshness::Stale
+        {
+            tracing::debug!("401 for an older token; retrying with the current one");
+            return UnauthorizedFuture::ready(Ok(Unauthorized::Retry(cached.credential.clone())));
         }
         let rx = match &st.in_flight {
             Some(rx) => rx.clone(),
@@ -581,7 +597,11 @@ impl Engine {
                     .is_some_and(|t| now.saturating_duration_since(t) < self.config.cooldown);
                 let backing_off = st.backoff.as_ref().is_some_and(|(until, _)| now < *until);
                 if cooling || backing_off {
-                    tracing::debug!(cooling, backing_off, "401 returned unchanged without a refresh");
+                    tracing::debug!(
+                        cooling,
+                        backing_off,
+                        "401 returned unchanged without a refresh"
+                    );
                     return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp));
                 }
                 if current

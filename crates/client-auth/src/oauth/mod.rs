@@ -51,9 +51,9 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use tokio::sync::watch;
 
-pub use transport::TokenTransport;
 #[cfg(feature = "reqwest")]
 pub use transport::ReqwestTransport;
+pub use transport::TokenTransport;
 #[cfg(feature = "tower")]
 pub use transport::TowerTransport;
 
@@ -441,7 +441,11 @@ impl OAuthProviderBuilder {
     }
 
     /// An access token to start from, with its remaining lifetime if known.
-    pub fn access_token(mut self, token: impl Into<AccessToken>, expires_in: Option<Duration>) -> Self {
+    pub fn access_token(
+        mut self,
+        token: impl Into<AccessToken>,
+        expires_in: Option<Duration>,
+    ) -> Self {
         self.access_token = Some((token.into(), expires_in));
         self
     }
@@ -558,7 +562,9 @@ impl OAuthProviderBuilder {
         let w = &self.windows;
         let ratios = [w.soft_ratio, w.soft_max_ratio, w.hard_ratio, w.jitter];
         if ratios.iter().any(|r| !(0.0..=1.0).contains(r)) {
-            return Err(Error::Config("window ratios must be between 0 and 1".into()));
+            return Err(Error::Config(
+                "window ratios must be between 0 and 1".into(),
+            ));
         }
         let transport = match self.transport {
             Some(t) => t,
@@ -637,7 +643,9 @@ mod tests {
     #[test]
     fn client_secret_basic_form_urlencodes_before_base64() {
         let config = test_config(Some("s p:a+c/e"), ClientAuth::SecretBasic);
-        let req = config.token_request(Some(&RefreshToken::new("rt"))).unwrap();
+        let req = config
+            .token_request(Some(&RefreshToken::new("rt")))
+            .unwrap();
         let auth = req.headers()[AUTHORIZATION].to_str().unwrap();
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(auth.trim_start_matches("Basic "))
@@ -655,7 +663,10 @@ mod tests {
         let post = test_config(Some("sec"), ClientAuth::SecretPost);
         let req = post.token_request(None).unwrap();
         assert!(req.headers().get(AUTHORIZATION).is_none());
-        assert!(String::from_utf8_lossy(req.body()).ends_with("client_id=my+client%3A1&client_secret=sec"));
+        assert!(
+            String::from_utf8_lossy(req.body())
+                .ends_with("client_id=my+client%3A1&client_secret=sec")
+        );
         let public = test_config(None, ClientAuth::SecretBasic);
         let req = public.token_request(None).unwrap();
         assert!(req.headers().get(AUTHORIZATION).is_none());

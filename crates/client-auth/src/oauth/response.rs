@@ -52,7 +52,9 @@ pub(crate) fn parse_token_response(
         });
     }
     let Some(error) = parse_error(status, body) else {
-        return Err(Error::InvalidResponse(InvalidResponse::UnexpectedStatus(status)));
+        return Err(Error::InvalidResponse(InvalidResponse::UnexpectedStatus(
+            status,
+        )));
     };
     let session_ending = grant == GrantKind::RefreshToken
         && matches!(error.code(), "invalid_grant" | "unauthorized_client");
@@ -108,7 +110,9 @@ pub(crate) fn parse_expires_in(value: &Value) -> Option<Duration> {
     if !secs.is_finite() || secs < 0.0 {
         return None;
     }
-    Some(Duration::from_secs_f64(secs.min(MAX_LIFETIME.as_secs_f64())))
+    Some(Duration::from_secs_f64(
+        secs.min(MAX_LIFETIME.as_secs_f64()),
+    ))
 }
 
 fn parse_error(status: StatusCode, body: &Bytes) -> Option<OAuthError> {
@@ -162,29 +166,55 @@ mod tests {
     #[test]
     fn rejects_bad_token_type_missing_token_and_bad_expiry_without_echoing_the_body() {
         let cases = [
-            (r#"{"access_token":"SECRET-AT","token_type":"mac"}"#, InvalidResponse::UnsupportedTokenType),
-            (r#"{"access_token":"SECRET-AT"}"#, InvalidResponse::MissingTokenType),
-            (r#"{"token_type":"Bearer"}"#, InvalidResponse::MissingAccessToken),
-            (r#"{"access_token":"SECRET-AT","token_type":"Bearer","expires_in":-5}"#, InvalidResponse::InvalidExpiresIn),
-            (r#"{"access_token":"SECRET-AT","token_type":"Bearer","expires_in":"soon"}"#, InvalidResponse::InvalidExpiresIn),
+            (
+                r#"{"access_token":"SECRET-AT","token_type":"mac"}"#,
+                InvalidResponse::UnsupportedTokenType,
+            ),
+            (
+                r#"{"access_token":"SECRET-AT"}"#,
+                InvalidResponse::MissingTokenType,
+            ),
+            (
+                r#"{"token_type":"Bearer"}"#,
+                InvalidResponse::MissingAccessToken,
+            ),
+            (
+                r#"{"access_token":"SECRET-AT","token_type":"Bearer","expires_in":-5}"#,
+                InvalidResponse::InvalidExpiresIn,
+            ),
+            (
+                r#"{"access_token":"SECRET-AT","token_type":"Bearer","expires_in":"soon"}"#,
+                InvalidResponse::InvalidExpiresIn,
+            ),
             ("<html>SECRET-AT</html>", InvalidResponse::NotJson),
         ];
         for (body, want) in cases {
             let err = parse(200, body).unwrap_err();
-            assert!(matches!(err, Error::InvalidResponse(r) if r == want), "{body}: {err:?}");
+            assert!(
+                matches!(err, Error::InvalidResponse(r) if r == want),
+                "{body}: {err:?}"
+            );
             assert!(!format!("{err} {err:?}").contains("SECRET-AT"));
         }
     }
 
     #[test]
     fn huge_expiry_is_clamped() {
-        let r = parse(200, r#"{"access_token":"a","token_type":"Bearer","expires_in":1e300}"#).unwrap();
+        let r = parse(
+            200,
+            r#"{"access_token":"a","token_type":"Bearer","expires_in":1e300}"#,
+        )
+        .unwrap();
         assert_eq!(r.expires_in, Some(MAX_LIFETIME));
     }
 
     #[test]
     fn classifies_error_answers() {
-        assert!(parse(400, r#"{"error":"invalid_grant"}"#).unwrap_err().is_session_ended());
+        assert!(
+            parse(400, r#"{"error":"invalid_grant"}"#)
+                .unwrap_err()
+                .is_session_ended()
+        );
         let scope = parse(400, r#"{"error":"invalid_scope"}"#).unwrap_err();
         assert!(matches!(scope, Error::Rejected(_)) && !scope.is_transient());
         assert!(parse(503, "").unwrap_err().is_transient());
@@ -213,7 +243,10 @@ mod tests {
         let date = httpdate::fmt_http_date(now + Duration::from_secs(120));
         h.insert(RETRY_AFTER, http::HeaderValue::from_str(&date).unwrap());
         let got = retry_after(&h, now).unwrap();
-        assert!(got <= Duration::from_secs(120) && got >= Duration::from_secs(118), "{got:?}");
+        assert!(
+            got <= Duration::from_secs(120) && got >= Duration::from_secs(118),
+            "{got:?}"
+        );
         h.insert(RETRY_AFTER, http::HeaderValue::from_static("99999999"));
         assert_eq!(retry_after(&h, now), Some(MAX_RETRY_AFTER));
     }

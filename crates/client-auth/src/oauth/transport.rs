@@ -121,9 +121,9 @@ mod reqwest_transport {
                 while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
                     append_capped(&mut body, &chunk, max_body)?;
                 }
-                builder
-                    .body(Bytes::from(body))
-                    .map_err(|e| Error::Transport(TransportError::new(TransportErrorKind::Other, e)))
+                builder.body(Bytes::from(body)).map_err(|e| {
+                    Error::Transport(TransportError::new(TransportErrorKind::Other, e))
+                })
             })
         }
     }
@@ -197,7 +197,9 @@ mod tower_transport {
         ) -> BoxFuture<'static, Result<http::Response<Bytes>, Error>> {
             let mut service = self.service.clone();
             Box::pin(async move {
-                let other = |e: BoxError| Error::Transport(TransportError::new(TransportErrorKind::Other, e));
+                let other = |e: BoxError| {
+                    Error::Transport(TransportError::new(TransportErrorKind::Other, e))
+                };
                 std::future::poll_fn(|cx| service.poll_ready(cx))
                     .await
                     .map_err(|e| other(e.into()))?;
