@@ -1,1 +1,118 @@
-//! placeholder
+//! A [`reqwest-middleware`](reqwest_middleware) middleware that authorizes outgoing requests
+//! with a [`client-auth`](client_auth) provider: a static API key, OAuth 2.0 access tokens with
+//! a single-flight refresh, or per-customer JWTs.
+//!
+//! ```
+//! use client_auth_reqwest::AuthorizationMiddleware;
+//! use client_auth_reqwest::client_auth::StaticToken;
+//! use client_auth_reqwest::reqwest_middleware::{ClientBuilder, reqwest};
+//!
+//! # fn main() -> Result<(), client_auth_reqwest::client_auth::Error> {
+//! let client = ClientBuilder::new(reqwest::Client::new())
+//!     .with(
+//!         AuthorizationMiddleware::builder(StaticToken::api_key("k")?)
+//!             .allow_origin("https://api.example.com")
+//!             .build()?,
+//!     )
+//!     .build();
+//! // `client.get("https://api.example.com/v1/items").send().await` carries
+//! // `Authorization: Token k`; requests to any other origin carry nothing of ours.
+//! # let _ = client;
+//! # Ok(()) }
+//! ```
+//!
+//! All authorization policy lives in `client-auth` ([`client_auth::plan_request`],
+//! [`OriginPolicy`], the providers); this crate only runs it for reqwest.
+//!
+//! # What happens to a request
+//!
+//! 1. **Plan.** A request passes through untouched when it carries
+//!    [`AuthorizationControl::Skip`], when the caller already set `Authorization` (its 401, too,
+//!    is returned unchanged), or when its origin is not allowed. Credentials go only to the
+//!    origins you named ([`allow_origin`](AuthorizationMiddlewareBuilder::allow_origin));
+//!    [`any_https_origin`](AuthorizationMiddlewareBuilder::any_https_origin) is the explicit
+//!    opt-out, `http://` origins need [`allow_http`](AuthorizationMiddlewareBuilder::allow_http),
+//!    and naming no origin is an error when the middleware is built. A URL with user info
+//!    (`https://user@host/`) never matches an origin.
+//! 2. **Authorize.** The provider hands over a credential (without waiting while a valid token
+//!    is cached). If it fails, the request is **not sent**, and the error comes back as
+//!    [`reqwest_middleware::Error::Middleware`] wrapping a [`client_auth::Error`].
+//! 3. **Stamp.** `Authorization` (marked sensitive) and any extra headers of the credential are
+//!    set on the request.
+//! 4. **Send**, having first taken a snapshot of the request when the provider can recover from
+//!    a 401 (a static key cannot, so it costs nothing more than setting a header).
+//! 5. **401.** When the answer is a 401 from the origin that was stamped, the provider is asked
+//!    what it means: `Retry` sends the snapshot once more with the new credential, through the
+//!    rest of the middleware chain and with the same extensions (at most once); `GiveUp`
+//!    returns the 401; a session that ended comes back as an error. 403 (including
+//!    `insufficient_scope`) and every other status are returned untouched.
+//!
+//! A request whose body cannot be cloned (a streaming body, `reqwest::Body::wrap_stream`) is
+//! sent once, and a 401 to it is returned unchanged: it never fails up front for want of a
+//! snapshot. A `tracing` event at `DEBUG` says so.
+//!
+//! # Redirects
+//!
+//! reqwest follows redirects inside the `Client`, below every middleware, so this middleware
+//! sees the first hop and the final response only. It stamps the first hop. On each hop to
+//! another host, port or scheme, reqwest itself removes `Authorization` (and `Cookie`,
+//! `Proxy-Authorization`, `WWW-Authenticate`) before sending it on, so a credential never
+//! follows a redirect to another origin; a same-origin redirect keeps it. A 401 whose final
+//! response came from another origin than the one stamped answered a request without our
+//! credential, and is returned without a retry.
+//!
+//! Extra credential headers (beyond `Authorization`) are not on reqwest's list and would follow
+//! a cross-origin redirect; a provider that adds some should be paired with a client whose
+//! [`redirect::Policy`](reqwest_middleware::reqwest::redirect::Policy) stays on the origin.
+//!
+//! # Per-request control
+//!
+//! `reqwest::Request`'s own extensions are private; per-request control goes into the
+//! middleware's extensions with
+//! [`RequestBuilder::with_extension`](reqwest_middleware::RequestBuilder::with_extension):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use client_auth_reqwest::{AuthorizationControl, AuthorizationMiddleware};
+//! use client_auth_reqwest::client_auth::{AuthorizationProvider, StaticToken};
+//! use client_auth_reqwest::reqwest_middleware::{ClientBuilder, reqwest};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = ClientBuilder::new(reqwest::Client::new())
+//!     .with(
+//!         AuthorizationMiddleware::builder(StaticToken::api_key("k")?)
+//!             .allow_origin("https://api.example.com")
+//!             .build()?,
+//!     )
+//!     .build();
+//!
+//! // Sent without a credential.
+//! client
+//!     .get("https://api.example.com/health")
+//!     .with_extension(AuthorizationControl::Skip)
+//!     .send()
+//!     .await?;
+//!
+//! // Sent with another provider's credential.
+//! let admin: Arc<dyn AuthorizationProvider> = Arc::new(StaticToken::api_key("admin")?);
+//! client
+//!     .delete("https://api.example.com/v1/items/7")
+//!     .with_extension(AuthorizationControl::Provider(admin))
+//!     .send()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`AuthorizationControl::ForceRefresh`] asks the provider to refresh before this request.
+//!
+//! # A tokio runtime is required
+//!
+//! Refreshes run on a task spawned on the current tokio runtime (see [`client_auth`]).
+
+mod middleware;
+
+pub use client_auth;
+pub use client_auth::{AuthorizationControl, OriginPolicy};
+pub use middleware::{AuthorizationMiddleware, AuthorizationMiddlewareBuilder};
+pub use reqwest_middleware;
