@@ -192,12 +192,15 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
         // The snapshot for a retry is taken before the first send, without the credential. A
         // streaming body cannot be cloned: the request is sent once and a 401 is returned as is.
         let Some(mut snapshot) = req.try_clone() else {
-            tracing::debug!(
-                method = %req.method(),
-                "the request body cannot be cloned: it is sent once, and a 401 will not be retried"
-            );
             credential.apply(req.headers_mut());
-            return next.run(req, extensions).await;
+            let response = next.run(req, extensions).await?;
+            if response.status() == StatusCode::UNAUTHORIZED {
+                tracing::debug!(
+                    status = response.status().as_u16(),
+                    "401 returned without a retry: the request body could not be cloned before sending"
+                );
+            }
+            return Ok(response);
         };
         credential.apply(req.headers_mut());
 
