@@ -1,1 +1,202 @@
-//! placeholder
+//! A tower [`Layer`](tower_layer::Layer) that authorizes outgoing HTTP requests with a
+//! [`client_auth`] provider: API keys, OAuth 2.0 access tokens with single-flight refresh,
+//! customer JWTs.
+//!
+//! [`AuthorizeLayer`] wraps an HTTP client service (a hyper-util client, or anything that is
+//! a `Service<http::Request<B>>`) in [`Authorize`]. Requests to the origins you name get the
+//! provider's `Authorization` header (marked sensitive); when the server answers 401 and the
+//! provider can recover (a refreshed token), the request is sent once more. All the auth
+//! policy lives in `client-auth`; this crate only runs it.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use client_auth::StaticToken;
+//! use client_auth_tower::AuthorizeLayer;
+//! use http::{Request, Response, header::AUTHORIZATION};
+//! use http_body_util::Full;
+//! use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! // Stands for an HTTP client, e.g. hyper_util's legacy `Client`.
+//! let http_client = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+//!     let auth = request.headers().get(AUTHORIZATION).cloned();
+//!     Ok::<_, BoxError>(Response::new(format!("{auth:?}")))
+//! });
+//!
+//! let mut client = ServiceBuilder::new()
+//!     .layer(
+//!         AuthorizeLayer::builder(StaticToken::api_key("my-api-key")?)
+//!             .allow_origin("https://api.example.com")
+//!             .build()?,
+//!     )
+//!     .service(http_client);
+//!
+//! let request = Request::get("https://api.example.com/v1/items").body(Full::default())?;
+//! let response = client.ready().await?.call(request).await?;
+//! assert_eq!(response.body(), "Some(Sensitive)");
+//!
+//! // Another origin: sent untouched.
+//! let request = Request::get("https://cdn.example.net/logo.png").body(Full::default())?;
+//! let response = client.ready().await?.call(request).await?;
+//! assert_eq!(response.body(), "None");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What happens to a request
+//!
+//! 1. The request's `Uri` (scheme, authority, path, query) and extensions are shown to
+//!    [`client_auth::plan_request`] without allocating. It passes the request through
+//!    untouched when it goes to an origin you did not name, when the caller already set
+//!    `Authorization` (its 401 is returned unchanged too), or when
+//!    [`AuthorizationControl::Skip`] is in its extensions. A request needs an absolute URI to
+//!    be authorized (a relative one has no origin and passes through).
+//! 2. Otherwise the provider gives a credential. Usually it is at hand: it is stamped and the
+//!    request goes to the service `poll_ready` made ready, at the cost of tower-http's
+//!    `AddAuthorization` when the provider never recovers (a static key). When a refresh is
+//!    needed, the request waits for it **without** holding the inner service's readiness
+//!    (see [Readiness](#readiness)). If the provider fails, the request is not sent and the
+//!    error is returned.
+//! 3. When the provider can recover from a 401 ([`AuthorizationProvider::can_recover`]), the
+//!    request (method, URI, version, headers, extensions, and the body through the clone
+//!    hook) is copied before it is sent.
+//! 4. On a 401 to a request it stamped, the provider decides: retry once with a new
+//!    credential (the retry's response is returned, whatever it is), give up (the 401 is
+//!    returned unchanged), or fail (the session ended: the error is returned). No other
+//!    status is retried, 403 included. If the body could not be copied, the 401 is returned
+//!    unchanged and a `tracing` warning says the retry was skipped; the request never fails
+//!    up front because of its body.
+//!
+//! # Per-request control
+//!
+//! Put an [`AuthorizationControl`] in the request's extensions:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use client_auth::{AuthorizationControl, StaticToken};
+//!
+//! # fn main() -> Result<(), client_auth::Error> {
+//! let mut request = http::Request::get("https://api.example.com/health").body(())
+//!     .map_err(|e| client_auth::Error::Config(e.to_string().into()))?;
+//! // Send this one without a credential:
+//! request.extensions_mut().insert(AuthorizationControl::Skip);
+//! // or with another provider:
+//! let admin = Arc::new(StaticToken::api_key("admin-key")?);
+//! request.extensions_mut().insert(AuthorizationControl::Provider(admin));
+//! // or refresh the token first:
+//! request.extensions_mut().insert(AuthorizationControl::ForceRefresh);
+//! # Ok(()) }
+//! ```
+//!
+//! # Request bodies and the retry
+//!
+//! The body clone hook is the type parameter `C` of [`AuthorizeLayer`] and [`Authorize`],
+//! like tower's `Policy::clone_request`; see [`CloneRequestBody`]. [`CloneBody`] (the
+//! default) needs `B: Clone` (`Full<Bytes>`, `String`); [`CloneEmptyBody`] suits boxed bodies
+//! (`BoxBody`, `UnsyncBoxBody`: not `Clone`, but `Default`), rebuilding a body whose
+//! `size_hint` is exactly 0 with `Default`; [`NeverClone`] works with any body; a closure
+//! `Fn(&B) -> Option<B> + Clone` decides for itself. Set it with
+//! [`AuthorizeLayerBuilder::clone_body_with`].
+//!
+//! # Readiness
+//!
+//! On the fresh path the request is sent on the service that `poll_ready` made ready. A
+//! request that must wait for a refresh gives that readiness back first (the ready service is
+//! dropped, a clone kept), so a `Buffer` or `ConcurrencyLimit` slot is not held while the token
+//! endpoint is asked (the token transport may need that very slot); the clone is made ready
+//! once the credential is there. The retry, too, waits for `poll_ready`. `S` must be `Clone`.
+//!
+//! # Redirects
+//!
+//! Put tower-http's `FollowRedirect` **outside** `Authorize`, so each hop passes through
+//! `Authorize` and the origin check runs on every hop:
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use client_auth::StaticToken;
+//! use client_auth_tower::AuthorizeLayer;
+//! use http_body_util::Full;
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+//! use tower_http::follow_redirect::FollowRedirectLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! // Plain HTTP for brevity; give the client a TLS connector (hyper-rustls) for https.
+//! let http_client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+//! let mut client = ServiceBuilder::new()
+//!     .layer(FollowRedirectLayer::new()) // outside: sees the redirects
+//!     .layer(
+//!         AuthorizeLayer::builder(StaticToken::api_key("my-api-key")?)
+//!             .allow_origin("https://api.example.com")
+//!             .build()?,
+//!     ) // inside: decides per hop
+//!     .service(http_client);
+//!
+//! let request = http::Request::get("https://api.example.com/v1/moved").body(Full::default())?;
+//! let response = client.ready().await?.call(request).await?;
+//! println!("{}", response.status());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With this order, the `Authorization` that `Authorize` stamps is never seen by
+//! `FollowRedirect`: each hop is stamped afresh if, and only if, its origin is allowed. A
+//! header the *caller* set is copied to the next hop by `FollowRedirect`; its default policy
+//! (`FilterCredentials`, part of `policy::Standard`) removes `Authorization`, `Cookie` and
+//! `Proxy-Authorization` on a cross-origin hop. Keep that default, or for stricter settings use
+//! `FilterCredentials::new().block_any()` (drop caller credentials on every hop).
+//! `FollowRedirect` (tower-http 0.6, the version reqwest 0.13 uses) does not carry request
+//! extensions over to later hops: a per-request [`AuthorizationControl`] applies to the first
+//! hop only, and a redirect to an allowed origin is stamped with the layer's provider.
+//!
+//! The other order (`Authorize` outside `FollowRedirect`) is not supported: the first hop's
+//! credential would travel to redirect targets subject only to `FollowRedirect`'s policy, and
+//! a 401 from another origin could trigger a refresh.
+//!
+//! # Errors
+//!
+//! The service's error is [`BoxError`]. It holds the inner service's error, or the provider's
+//! [`client_auth::Error`] (the request was not sent, or the session ended during a 401
+//! recovery):
+//!
+//! ```
+//! # fn handle(error: client_auth_tower::BoxError) {
+//! if let Some(auth) = error.downcast_ref::<client_auth::Error>() {
+//!     if auth.is_session_ended() {
+//!         // Ask the user to sign in again.
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! # A tokio runtime is required
+//!
+//! Providers refresh on tasks spawned on the current tokio runtime (see [`client_auth`]).
+//!
+//! # Feature flags
+//!
+//! This crate has no cargo features. It turns on nothing in `client-auth`; enable the core's
+//! `reqwest` or `tower` feature for the token-endpoint transport you use.
+//!
+//! [`AuthorizationProvider::can_recover`]: client_auth::AuthorizationProvider::can_recover
+
+mod body;
+mod future;
+mod layer;
+mod service;
+
+pub use client_auth;
+pub use client_auth::{AuthorizationControl, AuthorizationProvider, OriginPolicy};
+
+pub use body::{CloneBody, CloneEmptyBody, CloneRequestBody, NeverClone};
+pub use future::ResponseFuture;
+pub use layer::{AuthorizeLayer, AuthorizeLayerBuilder};
+pub use service::Authorize;
+
+/// The error type of [`Authorize`]: the inner service's error or a [`client_auth::Error`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
