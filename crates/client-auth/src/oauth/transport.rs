@@ -6,13 +6,13 @@ use std::fmt;
 use bytes::Bytes;
 
 use crate::BoxFuture;
-use crate::error::{Error, InvalidResponse};
+use crate::error::Error;
 
 /// Sends one token-endpoint request and returns the whole answer.
 ///
 /// Implementations must not follow redirects (a 3xx is returned as it is, and the provider turns
 /// it into [`Error::Redirect`]), and must stop reading a body longer than `max_body` bytes with
-/// [`InvalidResponse::TooLarge`]. The provider applies its own timeout around the call.
+/// [`InvalidResponse::TooLarge`](crate::InvalidResponse::TooLarge). The provider applies its own timeout around the call.
 pub trait TokenTransport: Send + Sync + fmt::Debug + 'static {
     /// Sends `request`, reading at most `max_body` bytes of the answer.
     ///
@@ -38,9 +38,12 @@ impl<T: TokenTransport + ?Sized> TokenTransport for std::sync::Arc<T> {
 }
 
 /// Appends `chunk` to `buf`, failing once the total passes `max_body`.
+#[cfg(any(feature = "reqwest", feature = "tower"))]
 fn append_capped(buf: &mut Vec<u8>, chunk: &[u8], max_body: usize) -> Result<(), Error> {
     if buf.len() + chunk.len() > max_body {
-        return Err(Error::InvalidResponse(InvalidResponse::TooLarge));
+        return Err(Error::InvalidResponse(
+            crate::error::InvalidResponse::TooLarge,
+        ));
     }
     buf.extend_from_slice(chunk);
     Ok(())
@@ -111,7 +114,9 @@ mod reqwest_transport {
                     .content_length()
                     .is_some_and(|len| len > max_body as u64)
                 {
-                    return Err(Error::InvalidResponse(InvalidResponse::TooLarge));
+                    return Err(Error::InvalidResponse(
+                        crate::error::InvalidResponse::TooLarge,
+                    ));
                 }
                 let mut builder = http::Response::builder().status(response.status());
                 if let Some(headers) = builder.headers_mut() {
