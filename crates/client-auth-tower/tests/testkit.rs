@@ -431,3 +431,21 @@ async fn with_follow_redirect_outside_each_hop_is_checked_against_the_origins() 
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(authorizations(&elsewhere), [None]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_refresh_in_the_extensions_refreshes_before_sending() {
+    let server = TestServer::start().await.unwrap();
+    let clock = ManualClock::new();
+    let (provider, grant) = logged_in(&server, &clock);
+    let mut client = layer_for(&server, provider).layer(http_client());
+    let mut request = get(server.resource_url());
+    request
+        .extensions_mut()
+        .insert(AuthorizationControl::ForceRefresh);
+    let response = send(&mut client, request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(server.stats().refresh_grants, 1);
+    let seen = authorizations(&server);
+    assert_eq!(seen.len(), 1);
+    assert_ne!(seen[0], Some(format!("Bearer {}", grant.access_token)));
+}
