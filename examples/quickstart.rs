@@ -59,7 +59,10 @@ async fn main() -> Result<(), BoxError> {
         )
         .build();
     let status = oauth.get(server.resource_url()).send().await?.status();
-    println!("2. OAuth: GET with the signed-in token -> {status} (token endpoint calls: {})", server.stats().token_calls);
+    println!(
+        "2. OAuth: GET with the signed-in token -> {status} (token endpoint calls: {})",
+        server.stats().token_calls
+    );
     // Past the hard window (the last 0.5 s of a 2 s token), requests wait for one refresh.
     tokio::time::sleep(Duration::from_millis(1600)).await;
     let requests = (0..20).map(|_| oauth.get(server.resource_url()).send());

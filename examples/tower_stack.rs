@@ -1,2 +1,69 @@
-//! Placeholder: being written.
-fn main() {}
+//! A tower stack in the recommended order: tracing outermost, then tower-http's
+//! `FollowRedirect`, then `AuthorizeLayer`, then the hyper-util client.
+//!
+//! With `FollowRedirect` outside `AuthorizeLayer`, every hop goes through the origin check: a
+//! redirect to another origin is sent without our credential (and `FollowRedirect`'s default
+//! `FilterCredentials` policy removes a credential that was on the previous hop), while a
+//! same-origin hop is stamped again.
+//!
+//! Run it with `cargo run --example tower_stack`.
+
+use bytes::Bytes;
+use client_auth::StaticToken;
+use client_auth_testkit::{ServerConfig, TestServer};
+use client_auth_tower::{AuthorizeLayer, BoxError};
+use http::Request;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_http::follow_redirect::FollowRedirectLayer;
+use tower_http::trace::TraceLayer;
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .init();
+    let api = TestServer::start_with(ServerConfig::default().api_key("stack-key")).await?;
+    let other = TestServer::start().await?;
+
+    let mut client = ServiceBuilder::new()
+        .layer(TraceLayer::new_for_http())
+        .layer(FollowRedirectLayer::new())
+        .layer(
+            AuthorizeLayer::builder(StaticToken::api_key("stack-key")?)
+                .allow_origin(api.base_url())
+                .allow_http(true)
+                .build()?,
+        )
+        .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+
+    // Same-origin redirect: both hops carry the credential.
+    let same = format!("{}?to={}", api.url("/redirect"), api.resource_url());
+    let response = client
+        .ready()
+        .await?
+        .call(Request::get(same).body(Full::default())?)
+        .await?;
+    println!("same-origin redirect -> {}", response.status());
+    assert!(response.status().is_success());
+
+    // Cross-origin redirect: the other origin never sees our credential.
+    let cross = format!("{}?to={}", api.url("/redirect"), other.resource_url());
+    let response = client
+        .ready()
+        .await?
+        .call(Request::get(cross).body(Full::default())?)
+        .await?;
+    let seen = other.seen_requests();
+    println!(
+        "cross-origin redirect -> {} (the other origin saw Authorization: {:?})",
+        response.status(),
+        seen.iter()
+            .map(|r| r.authorization.is_some())
+            .collect::<Vec<_>>()
+    );
+    assert!(seen.iter().all(|r| r.authorization.is_none()));
+    Ok(())
+}

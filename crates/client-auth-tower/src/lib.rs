@@ -201,3 +201,9 @@ pub use service::Authorize;
 
 /// The error type of [`Authorize`]: the inner service's error or a [`client_auth::Error`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+// The workspace README's examples are compiled and run as doctests of this crate, which sees
+// both adapters.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
