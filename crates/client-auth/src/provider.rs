@@ -198,6 +198,9 @@ impl fmt::Debug for Credential {
 }
 
 /// A provider's answer to a 401.
+///
+/// Adapters treat any variant added later as [`GiveUp`](Self::GiveUp): returning the 401
+/// unchanged is always safe.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Unauthorized {
@@ -209,6 +212,9 @@ pub enum Unauthorized {
 
 /// The future returned by provider methods: either an answer at hand (no allocation) or a
 /// boxed future for the slow path.
+///
+/// Like any future it completes once; polled again after that, it answers
+/// [`Error::Config`] instead of panicking.
 #[non_exhaustive]
 pub enum ProviderFuture<T> {
     /// The answer is known. `None` once it has been taken by polling.
