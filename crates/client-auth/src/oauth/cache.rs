@@ -69,8 +69,8 @@ enum Need {
     New,
 }
 
-enum Join {
-    Current(Arc<Cached>),
+enum Join<T = Arc<Cached>> {
+    Current(T),
     Wait(watch::Receiver<Outcome>),
 }
 
@@ -196,8 +196,8 @@ impl Engine {
 
     /// The fast path for a request: a credential at hand, or a wait for the one refresh.
     pub(crate) fn authorize(self: &Arc<Self>, force: bool) -> AuthorizeFuture {
-        match self.get(force) {
-            Ok(Join::Current(cached)) => AuthorizeFuture::ready(Ok(cached.credential.clone())),
+        match self.get(force, |cached| cached.credential.clone()) {
+            Ok(Join::Current(credential)) => AuthorizeFuture::ready(Ok(credential)),
             Ok(Join::Wait(rx)) => {
                 AuthorizeFuture::pending(
                     async move { wait(rx).await.map(|c| c.credential.clone()) },
@@ -209,26 +209,36 @@ impl Engine {
 
     /// The current access token for callers that set headers themselves.
     pub(crate) async fn current_token(self: &Arc<Self>, force: bool) -> Result<AccessToken, Error> {
-        let cached = match self.get(force)? {
-            Join::Current(cached) => cached,
-            Join::Wait(rx) => wait(rx).await?,
-        };
-        Ok(cached.token.clone())
+        match self.get(force, |cached| cached.token.clone())? {
+            Join::Current(token) => Ok(token),
+            Join::Wait(rx) => Ok(wait(rx).await?.token.clone()),
+        }
     }
 
-    fn get(self: &Arc<Self>, force: bool) -> Result<Join, Error> {
+    /// The current token (through `pick`, so the hot path clones only what it needs) or the
+    /// refresh to wait for.
+    fn get<T>(
+        self: &Arc<Self>,
+        force: bool,
+        pick: impl Fn(&Arc<Cached>) -> T,
+    ) -> Result<Join<T>, Error> {
         let now = self.clock.now();
         if !force && let Some(cached) = &*self.current.load() {
             match cached.freshness(now) {
-                Freshness::Fresh => return Ok(Join::Current(Arc::clone(cached))),
+                Freshness::Fresh => return Ok(Join::Current(pick(cached))),
                 Freshness::Soft => {
                     self.refresh_ahead(now);
-                    return Ok(Join::Current(Arc::clone(cached)));
+                    return Ok(Join::Current(pick(cached)));
                 }
                 Freshness::Stale => {}
             }
         }
-        self.join(if force { Need::New } else { Need::Usable }, now)
+        Ok(
+            match self.join(if force { Need::New } else { Need::Usable }, now)? {
+                Join::Current(cached) => Join::Current(pick(&cached)),
+                Join::Wait(rx) => Join::Wait(rx),
+            },
+        )
     }
 
     /// Inside the soft window: make sure one background refresh runs; never wait.
