@@ -62,7 +62,7 @@ use crate::provider::{
     UnauthorizedFuture,
 };
 use crate::secret::CustomerJwt;
-use crate::www_authenticate::is_insufficient_scope;
+use crate::www_authenticate::refresh_may_help;
 
 /// A boxed error, `Send + Sync`: what customer-token callbacks fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -495,7 +495,7 @@ impl AuthorizationProvider for CustomerToken {
         status: StatusCode,
         headers: &HeaderMap,
     ) -> UnauthorizedFuture {
-        if status != StatusCode::UNAUTHORIZED || is_insufficient_scope(headers) {
+        if !refresh_may_help(status, headers) {
             return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp));
         }
         let inner = &self.inner;

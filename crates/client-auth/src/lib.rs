@@ -49,6 +49,8 @@ mod adapter;
 mod clock;
 mod customer;
 mod error;
+#[cfg(feature = "file-store")]
+mod file_store;
 #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
 mod jwt;
 mod oauth;
@@ -74,6 +76,8 @@ pub use customer::*;
 pub use error::{
     Error, InvalidResponse, OAuthError, SessionEnd, StoreError, TransportError, TransportErrorKind,
 };
+#[cfg(feature = "file-store")]
+pub use file_store::FileStore;
 #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
 pub use jwt::*;
 #[cfg(feature = "reqwest")]
@@ -90,4 +94,6 @@ pub use secret::{AccessToken, ApiKey, ClientSecret, CustomerJwt, RefreshToken, S
 pub use session::{SessionReason, SessionState, SessionWatch};
 pub use static_token::StaticToken;
 pub use store::{MemoryStore, RefreshLease, StoredTokens, TokenStore};
-pub use www_authenticate::{Challenge, bearer_error, is_insufficient_scope, parse_challenges};
+pub use www_authenticate::{
+    Challenge, bearer_error, is_insufficient_scope, parse_challenges, refresh_may_help,
+};

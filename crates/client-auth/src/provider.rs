@@ -339,39 +339,29 @@ pub trait AuthorizationProvider: Send + Sync + 'static {
     }
 }
 
-impl<P: AuthorizationProvider + ?Sized> AuthorizationProvider for Arc<P> {
-    fn authorize(&self, request: &RequestView<'_>) -> AuthorizeFuture {
-        (**self).authorize(request)
-    }
-    fn on_unauthorized(
-        &self,
-        failed: &Credential,
-        status: StatusCode,
-        headers: &HeaderMap,
-    ) -> UnauthorizedFuture {
-        (**self).on_unauthorized(failed, status, headers)
-    }
-    fn can_recover(&self) -> bool {
-        (**self).can_recover()
-    }
+/// Smart pointers to a provider are providers (`&P` is not: it conflicts with `'static`).
+macro_rules! forward_provider {
+    ($($ptr:ident),*) => {$(
+        impl<P: AuthorizationProvider + ?Sized> AuthorizationProvider for $ptr<P> {
+            fn authorize(&self, request: &RequestView<'_>) -> AuthorizeFuture {
+                (**self).authorize(request)
+            }
+            fn on_unauthorized(
+                &self,
+                failed: &Credential,
+                status: StatusCode,
+                headers: &HeaderMap,
+            ) -> UnauthorizedFuture {
+                (**self).on_unauthorized(failed, status, headers)
+            }
+            fn can_recover(&self) -> bool {
+                (**self).can_recover()
+            }
+        }
+    )*};
 }
 
-impl<P: AuthorizationProvider + ?Sized> AuthorizationProvider for Box<P> {
-    fn authorize(&self, request: &RequestView<'_>) -> AuthorizeFuture {
-        (**self).authorize(request)
-    }
-    fn on_unauthorized(
-        &self,
-        failed: &Credential,
-        status: StatusCode,
-        headers: &HeaderMap,
-    ) -> UnauthorizedFuture {
-        (**self).on_unauthorized(failed, status, headers)
-    }
-    fn can_recover(&self) -> bool {
-        (**self).can_recover()
-    }
-}
+forward_provider!(Arc, Box);
 
 // The trait must stay dyn-compatible: this fails to compile otherwise.
 const _: fn(&dyn AuthorizationProvider) = |_| {};

@@ -149,6 +149,12 @@ pub fn bearer_error(headers: &HeaderMap) -> Option<String> {
         .next()
 }
 
+/// Whether a refreshed credential could turn this answer into a success: a 401 that is not an
+/// `insufficient_scope` challenge. 403 and every other status: no.
+pub fn refresh_may_help(status: http::StatusCode, headers: &HeaderMap) -> bool {
+    status == http::StatusCode::UNAUTHORIZED && !is_insufficient_scope(headers)
+}
+
 /// Whether the response says the token lacks scope (RFC 6750 `insufficient_scope`): refreshing
 /// would not help, so no retry.
 pub fn is_insufficient_scope(headers: &HeaderMap) -> bool {

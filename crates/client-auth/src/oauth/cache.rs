@@ -23,7 +23,7 @@ use crate::provider::{AuthorizeFuture, Credential, Generation, Unauthorized, Una
 use crate::secret::{AccessToken, RefreshToken};
 use crate::session::{SessionReason, SessionState, SessionWatch};
 use crate::store::{StoredTokens, TokenStore};
-use crate::www_authenticate::is_insufficient_scope;
+use crate::www_authenticate::refresh_may_help;
 
 /// A published access token with its decision points.
 #[derive(Debug)]
@@ -582,7 +582,7 @@ impl Engine {
         status: StatusCode,
         headers: &HeaderMap,
     ) -> UnauthorizedFuture {
-        if status != StatusCode::UNAUTHORIZED || is_insufficient_scope(headers) {
+        if !refresh_may_help(status, headers) {
             return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp));
         }
         let now = self.clock.now();
