@@ -23,11 +23,13 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
 
 use crate::BoxFuture;
 use crate::error::StoreError;
-use crate::secret::{AccessToken, RefreshToken};
+use crate::secret::{AccessToken, RefreshToken, SecretString};
 
 /// Tokens as a store keeps them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,6 +43,103 @@ pub struct StoredTokens {
     pub expires_at: Option<SystemTime>,
     /// The granted scope, if the server said.
     pub scope: Option<String>,
+}
+
+/// Version of the JSON encoding written by [`StoredTokens::to_json`].
+const JSON_VERSION: u32 = 1;
+
+#[derive(Serialize)]
+struct JsonOut<'a> {
+    v: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct JsonIn {
+    v: u32,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    expires_at_ms: Option<u64>,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+impl StoredTokens {
+    /// The JSON encoding shared stores write (the file store, the Redis store), so that every
+    /// process reads what any other wrote.
+    ///
+    /// The result holds the tokens, so it is a [`SecretString`]: redacted `Debug`, zeroized on
+    /// drop. The expiry is written as UNIX milliseconds (`expires_at_ms`).
+    ///
+    /// ```
+    /// use client_auth::{RefreshToken, StoredTokens};
+    ///
+    /// let tokens = StoredTokens {
+    ///     refresh_token: Some(RefreshToken::new("rt")),
+    ///     ..StoredTokens::default()
+    /// };
+    /// let json = tokens.to_json();
+    /// assert_eq!(StoredTokens::from_json(json.expose_secret().as_bytes()).unwrap(), tokens);
+    /// ```
+    pub fn to_json(&self) -> SecretString {
+        let out = JsonOut {
+            v: JSON_VERSION,
+            access_token: self.access_token.as_ref().map(AccessToken::expose_secret),
+            refresh_token: self.refresh_token.as_ref().map(RefreshToken::expose_secret),
+            expires_at_ms: self.expires_at.map(|at| {
+                let ms = at
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis();
+                u64::try_from(ms).unwrap_or(u64::MAX)
+            }),
+            scope: self.scope.as_deref(),
+        };
+        // Serialising plain strings and numbers into a `String` cannot fail.
+        SecretString::new(serde_json::to_string(&out).unwrap_or_default())
+    }
+
+    /// Decodes what [`to_json`](Self::to_json) wrote. Unknown fields are ignored.
+    ///
+    /// # Errors
+    ///
+    /// A permanent [`StoreError`] when the bytes are not that JSON, or were written by a newer
+    /// version of the encoding. The message names the position of the problem, never the
+    /// content.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, StoreError> {
+        let parsed: JsonIn = serde_json::from_slice(bytes).map_err(|e| {
+            StoreError::permanent(format!(
+                "stored tokens are not valid token JSON ({:?} error at line {}, column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        })?;
+        if parsed.v != JSON_VERSION {
+            return Err(StoreError::permanent(format!(
+                "stored tokens use encoding version {}; this version reads {JSON_VERSION}",
+                parsed.v
+            )));
+        }
+        Ok(Self {
+            access_token: parsed.access_token.map(AccessToken::from),
+            refresh_token: parsed.refresh_token.map(RefreshToken::from),
+            expires_at: parsed
+                .expires_at_ms
+                .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms))),
+            scope: parsed.scope,
+        })
+    }
 }
 
 /// A lease on the refresh of one namespace, for stores shared between processes.
@@ -168,5 +267,35 @@ impl TokenStore for MemoryStore {
     fn clear<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         self.lock().remove(namespace);
         Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trips_and_names_no_content_in_errors() {
+        let tokens = StoredTokens {
+            access_token: Some(AccessToken::new("at-MARKER")),
+            refresh_token: Some(RefreshToken::new("rt-MARKER")),
+            expires_at: UNIX_EPOCH.checked_add(Duration::from_millis(1_700_000_000_123)),
+            scope: Some("read write".to_owned()),
+        };
+        let json = tokens.to_json();
+        assert!(!format!("{json:?}").contains("MARKER"));
+        assert_eq!(
+            StoredTokens::from_json(json.expose_secret().as_bytes()).unwrap(),
+            tokens
+        );
+        assert_eq!(
+            StoredTokens::from_json(br#"{"v":1}"#).unwrap(),
+            StoredTokens::default()
+        );
+        let broken = StoredTokens::from_json(br#"{"v":1,"refresh_token":"rt-MARKER"#).unwrap_err();
+        assert!(!broken.is_transient());
+        assert!(!broken.to_string().contains("MARKER"), "{broken}");
+        let newer = StoredTokens::from_json(br#"{"v":2}"#).unwrap_err();
+        assert!(newer.to_string().contains("version 2"), "{newer}");
     }
 }

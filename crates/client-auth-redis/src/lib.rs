@@ -1,0 +1,498 @@
+//! A Redis [`TokenStore`] for `client-auth`: one session shared by processes on many hosts,
+//! refreshed once by the whole fleet.
+//!
+//! Every replica of a service that refreshes the same rotating refresh token on its own revokes
+//! the others' token, and an authorization server with reuse detection then revokes the whole
+//! grant (RFC 9700 §4.14.2): every replica is logged out. [`RedisStore`] keeps the tokens in
+//! Redis and coordinates refreshes with a lease:
+//!
+//! 1. `SET <prefix><ns>:lock <random> NX PX <ttl>`, polled with backoff until taken (bounded by
+//!    [`RedisStoreBuilder::lock_wait_timeout`]). The provider asks for a ttl of three times its
+//!    token-endpoint timeout.
+//! 2. The provider re-reads `<prefix><ns>:tokens`: if another process refreshed meanwhile, it
+//!    uses those tokens and does not call the token endpoint.
+//! 3. Otherwise it refreshes, and writes the new tokens with a script that first checks the
+//!    lock still holds this process's random value (fencing): a holder whose lease expired
+//!    never overwrites a newer holder's tokens.
+//! 4. The lease is released with a compare-and-delete script.
+//!
+//! The hot path is unchanged: requests read the token from memory; Redis is touched on the
+//! first use and around refreshes only.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use client_auth::OAuthProvider;
+//! use client_auth_redis::RedisStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = RedisStore::builder("redis://redis.internal:6379/")
+//!     .prefix("billing-service:")
+//!     .build()?;
+//! let provider = OAuthProvider::refresh_token_grant("https://auth.example.com/token")
+//!     .client_id("billing")
+//!     .client_secret("s3cret")
+//!     .store(Arc::new(store), "tenant-7")
+//!     .build()?;
+//! let token = provider.access_token().await?;
+//! # let _ = token;
+//! # Ok(()) }
+//! ```
+//!
+//! # When Redis is unavailable
+//!
+//! Requests keep being served from the in-memory token while it is valid. A refresh that cannot
+//! take the lease fails with a transient error (the provider backs off and keeps serving a
+//! still-valid token) rather than risk two processes rotating the same refresh token. The
+//! connection manager reconnects by itself; the next refresh after Redis returns works
+//! normally (Redis without persistence comes back empty: the processes still hold the refresh
+//! token in memory, the first one to refresh writes the new tokens, the others adopt them).
+//!
+//! [`RedisStoreBuilder::allow_local_refresh_when_unavailable`] trades that safety for
+//! availability: when Redis cannot be reached, the lease is skipped and each process refreshes
+//! on its own. Use it only with an authorization server that does not rotate refresh tokens,
+//! or when one process per session is the norm.
+//!
+//! # Keys
+//!
+//! | key | value |
+//! |---|---|
+//! | `<prefix><ns>:tokens` | the tokens as JSON ([`StoredTokens::to_json`]), no expiry |
+//! | `<prefix><ns>:lock` | the lease holder's random value, with the lease ttl |
+//!
+//! The save script touches both keys, so Redis Cluster is not supported (one primary, with or
+//! without replicas or Sentinel, is).
+//!
+//! # Secrets
+//!
+//! Tokens travel only as script arguments and values; no error or log line contains them, and
+//! `Debug` of the store shows neither the URL (which may hold a password) nor tokens.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use client_auth::{BoxFuture, RefreshLease, StoreError, StoredTokens, TokenStore};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands as _, RedisError, Script};
+
+pub use redis;
+
+const SAVE_FENCED: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+";
+
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// How long a failed command waits before its one retry (the connection manager reconnects
+/// meanwhile).
+const RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// Tokens and a fenced refresh lease in Redis. Cheap to clone; clones share the connection.
+///
+/// Build it with [`RedisStore::builder`]. See the [crate docs](crate) for the protocol.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    prefix: String,
+    lock_wait: Option<Duration>,
+    poll_max: Duration,
+    local_when_unavailable: bool,
+    /// Leases this store holds now: namespace → the random value in the lock key.
+    held: Mutex<HashMap<String, String>>,
+    save_fenced: Script,
+    release: Script,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .field("lock_wait", &self.inner.lock_wait)
+            .field("local_when_unavailable", &self.inner.local_when_unavailable)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`RedisStore`].
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    lock_wait: Option<Duration>,
+    poll_max: Duration,
+    local_when_unavailable: bool,
+    connection: ConnectionManagerConfig,
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("prefix", &self.prefix)
+            .field("lock_wait", &self.lock_wait)
+            .field("poll_max", &self.poll_max)
+            .field("local_when_unavailable", &self.local_when_unavailable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// A builder for a store on the Redis server at `url` (`redis://[:password@]host[:port][/db]`,
+    /// `rediss://` needs a TLS feature of the `redis` crate).
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            prefix: "client-auth:".to_owned(),
+            lock_wait: None,
+            poll_max: Duration::from_millis(100),
+            local_when_unavailable: false,
+            // Fail fast while Redis is down (one reconnect attempt per command); the manager
+            // keeps reconnecting on later commands.
+            connection: ConnectionManagerConfig::new()
+                .set_number_of_retries(1)
+                .set_connection_timeout(Some(Duration::from_secs(1)))
+                .set_response_timeout(Some(Duration::from_secs(1))),
+        }
+    }
+
+    /// The key holding the tokens of `namespace`.
+    pub fn tokens_key(&self, namespace: &str) -> String {
+        format!("{}{namespace}:tokens", self.inner.prefix)
+    }
+
+    /// The key holding the refresh lease of `namespace`.
+    pub fn lock_key(&self, namespace: &str) -> String {
+        format!("{}{namespace}:lock", self.inner.prefix)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        // Single inserts and removes: a poisoned map is still consistent.
+        self.inner
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl RedisStoreBuilder {
+    /// Prefix of every key (default `client-auth:`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long a process waits for another's refresh lease before failing with a transient
+    /// error (default: the lease ttl plus one second, so that the lease of a holder that died
+    /// expires within one wait).
+    pub fn lock_wait_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_wait = Some(timeout);
+        self
+    }
+
+    /// The longest pause between two attempts to take a held lease (default 100 ms). Polls
+    /// start at a few milliseconds and back off, with jitter, up to this.
+    pub fn lock_poll_max(mut self, max: Duration) -> Self {
+        self.poll_max = max.max(Duration::from_millis(1));
+        self
+    }
+
+    /// When Redis cannot be reached, refresh without the lease instead of failing (default
+    /// `false`).
+    ///
+    /// Off, a refresh that cannot coordinate fails with a transient error and the provider
+    /// keeps serving its still-valid token and backs off: no rotation race is possible. On,
+    /// every process refreshes on its own while Redis is down: with refresh-token rotation
+    /// and reuse detection that can revoke the grant, so turn it on only when the server does
+    /// not rotate refresh tokens or a single process uses each session.
+    pub fn allow_local_refresh_when_unavailable(mut self, allow: bool) -> Self {
+        self.local_when_unavailable = allow;
+        self
+    }
+
+    /// Connection settings (timeouts, reconnect backoff). The default fails a command after
+    /// one reconnect attempt, within about a second, so a refresh does not hang while Redis is
+    /// down.
+    pub fn connection_config(mut self, config: ConnectionManagerConfig) -> Self {
+        self.connection = config;
+        self
+    }
+
+    /// Builds the store. The connection is made on first use, so this succeeds while Redis
+    /// is down; the store connects (and reconnects) by itself.
+    ///
+    /// # Errors
+    ///
+    /// A permanent [`StoreError`] for an invalid URL (the message does not repeat the URL,
+    /// which may contain a password), or when no tokio runtime is running.
+    pub fn build(self) -> Result<RedisStore, StoreError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(StoreError::permanent(
+                "a tokio runtime is required to build a RedisStore",
+            ));
+        }
+        let client = redis::Client::open(self.url.as_str())
+            .map_err(|_| StoreError::permanent("invalid Redis URL"))?;
+        let conn = ConnectionManager::new_lazy_with_config(client, self.connection)
+            .map_err(|e| StoreError::permanent(format!("invalid Redis settings: {e}")))?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                conn,
+                prefix: self.prefix,
+                lock_wait: self.lock_wait,
+                poll_max: self.poll_max,
+                local_when_unavailable: self.local_when_unavailable,
+                held: Mutex::new(HashMap::new()),
+                save_fenced: Script::new(SAVE_FENCED),
+                release: Script::new(RELEASE),
+            }),
+        })
+    }
+}
+
+/// Whether `e` means Redis could not be reached (as opposed to a command it rejected).
+fn unreachable(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+fn store_error(what: &str, e: &RedisError) -> StoreError {
+    use redis::RetryMethod;
+    let message = format!("Redis {what} failed: {e}");
+    let transient = unreachable(e)
+        || matches!(
+            e.retry_method(),
+            RetryMethod::Reconnect | RetryMethod::RetryImmediately | RetryMethod::WaitAndRetry
+        );
+    if transient {
+        StoreError::transient(message)
+    } else {
+        StoreError::permanent(message)
+    }
+}
+
+/// Runs `op` once more after a short pause when Redis was unreachable: the connection manager
+/// reconnects after the first failure, so a Redis that came back is used at once.
+async fn with_retry<T, F, Fut>(mut op: F) -> Result<T, RedisError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RedisError>>,
+{
+    match op().await {
+        Err(e) if unreachable(&e) => {
+            tokio::time::sleep(RETRY_DELAY).await;
+            op().await
+        }
+        other => other,
+    }
+}
+
+impl TokenStore for RedisStore {
+    fn load<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredTokens>, StoreError>> {
+        Box::pin(async move {
+            let key = self.tokens_key(namespace);
+            let value: Option<Vec<u8>> = with_retry(|| {
+                let mut conn = self.inner.conn.clone();
+                let key = key.clone();
+                async move { conn.get(key).await }
+            })
+            .await
+            .map_err(|e| store_error("read", &e))?;
+            let Some(bytes) = value else {
+                return Ok(None);
+            };
+            let bytes = zeroize::Zeroizing::new(bytes);
+            StoredTokens::from_json(&bytes).map(Some).map_err(|e| {
+                StoreError::permanent(format!(
+                    "the tokens in Redis key {key} are corrupt and were left in place: {e}"
+                ))
+            })
+        })
+    }
+
+    fn save<'a>(
+        &'a self,
+        namespace: &'a str,
+        tokens: &'a StoredTokens,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let json = tokens.to_json();
+            let key = self.tokens_key(namespace);
+            let lease = self.held().get(namespace).cloned();
+            match lease {
+                None => with_retry(|| {
+                    let mut conn = self.inner.conn.clone();
+                    let key = key.clone();
+                    let value = zeroize::Zeroizing::new(json.expose_secret().to_owned());
+                    async move { conn.set::<_, _, ()>(key, value.as_str()).await }
+                })
+                .await
+                .map_err(|e| store_error("write", &e)),
+                Some(token) => {
+                    let lock = self.lock_key(namespace);
+                    let written: i64 = with_retry(|| {
+                        let mut conn = self.inner.conn.clone();
+                        let mut invocation = self.inner.save_fenced.prepare_invoke();
+                        invocation
+                            .key(&lock)
+                            .key(&key)
+                            .arg(&token)
+                            .arg(json.expose_secret());
+                        async move { invocation.invoke_async(&mut conn).await }
+                    })
+                    .await
+                    .map_err(|e| store_error("fenced write", &e))?;
+                    if written == 1 {
+                        Ok(())
+                    } else {
+                        Err(StoreError::permanent(format!(
+                            "the refresh lease {lock} expired before the tokens were written; \
+                             they were not written, so a newer holder's tokens are kept"
+                        )))
+                    }
+                }
+            }
+        })
+    }
+
+    fn clear<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let key = self.tokens_key(namespace);
+            with_retry(|| {
+                let mut conn = self.inner.conn.clone();
+                let key = key.clone();
+                async move { conn.del::<_, ()>(key).await }
+            })
+            .await
+            .map_err(|e| store_error("delete", &e))
+        })
+    }
+
+    fn lock_refresh<'a>(
+        &'a self,
+        namespace: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<Box<dyn RefreshLease>>, StoreError>> {
+        Box::pin(async move {
+            let lock = self.lock_key(namespace);
+            let token = format!("{:032x}", fastrand::u128(..));
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            let wait = self
+                .inner
+                .lock_wait
+                .unwrap_or_else(|| ttl.saturating_add(Duration::from_secs(1)));
+            let started = Instant::now();
+            let mut delay = Duration::from_millis(2);
+            loop {
+                let taken = with_retry(|| {
+                    let mut conn = self.inner.conn.clone();
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(&lock).arg(&token).arg("NX").arg("PX").arg(ttl_ms);
+                    async move { cmd.query_async::<Option<String>>(&mut conn).await }
+                })
+                .await;
+                match taken {
+                    Ok(Some(_)) => {
+                        self.held().insert(namespace.to_owned(), token.clone());
+                        tracing::trace!(key = %lock, ttl_ms, "redis refresh lease taken");
+                        return Ok(Some(Box::new(RedisLease {
+                            store: self.clone(),
+                            namespace: namespace.to_owned(),
+                            lock,
+                            token: Some(token),
+                        }) as Box<dyn RefreshLease>));
+                    }
+                    Ok(None) => {}
+                    Err(e) if unreachable(&e) && self.inner.local_when_unavailable => {
+                        tracing::warn!(
+                            error = %e,
+                            key = %lock,
+                            "Redis is unavailable; refreshing without the shared lease"
+                        );
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(store_error("lease", &e)),
+                }
+                let waited = started.elapsed();
+                if waited >= wait {
+                    return Err(StoreError::transient(format!(
+                        "timed out after {} ms waiting for the refresh lease {lock}",
+                        waited.as_millis()
+                    )));
+                }
+                let jittered = delay.mul_f64(0.5 + fastrand::f64() * 0.5);
+                tokio::time::sleep(jittered.min(wait - waited)).await;
+                delay = (delay * 2).min(self.inner.poll_max);
+            }
+        })
+    }
+}
+
+/// A held Redis lease. Dropped without [`release`](RefreshLease::release), it stops fencing
+/// writes at once and the key expires after its ttl.
+struct RedisLease {
+    store: RedisStore,
+    namespace: String,
+    lock: String,
+    token: Option<String>,
+}
+
+impl fmt::Debug for RedisLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLease")
+            .field("lock", &self.lock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLease {
+    fn forget(&mut self) -> Option<String> {
+        let token = self.token.take()?;
+        let mut held = self.store.held();
+        if held.get(&self.namespace) == Some(&token) {
+            held.remove(&self.namespace);
+        }
+        Some(token)
+    }
+}
+
+impl Drop for RedisLease {
+    fn drop(&mut self) {
+        self.forget();
+    }
+}
+
+impl RefreshLease for RedisLease {
+    fn release(mut self: Box<Self>) -> BoxFuture<'static, Result<(), StoreError>> {
+        let token = self.forget();
+        Box::pin(async move {
+            let Some(token) = token else {
+                return Ok(());
+            };
+            let store = &self.store;
+            with_retry(|| {
+                let mut conn = store.inner.conn.clone();
+                let mut invocation = store.inner.release.prepare_invoke();
+                invocation.key(&self.lock).arg(&token);
+                async move { invocation.invoke_async::<i64>(&mut conn).await }
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| store_error("lease release", &e))
+        })
+    }
+}

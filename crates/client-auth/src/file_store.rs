@@ -1,0 +1,503 @@
+//! A token store in files, shared by the processes of one host (feature `file-store`).
+//!
+//! One JSON file per namespace ([`StoredTokens::to_json`]) in one directory. Writes are
+//! atomic: a temporary file in the same directory is written, flushed to disk, renamed over the
+//! old file, and the directory is flushed, so a reader never sees half a file and a crash never
+//! leaves a torn one. Files are created with mode `0600` and the directory (when this store
+//! creates it) with `0700` on unix.
+//!
+//! The refresh lease is an advisory lock (`flock` on unix, `LockFileEx` on Windows) on a
+//! separate `<name>.lock` file, held across "re-read, refresh if still needed, write": several
+//! processes refresh one rotating refresh token once. The operating system drops the lock when
+//! its holder dies, so a crashed holder never blocks the others.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::BoxFuture;
+use crate::error::StoreError;
+use crate::store::{RefreshLease, StoredTokens, TokenStore};
+
+/// The longest file name this store makes for a namespace (before `.json` / `.lock`).
+const MAX_NAME: usize = 120;
+
+/// Tokens in JSON files, one per namespace, with an advisory-lock refresh lease.
+///
+/// Use it when several processes on one host share a session (workers of one service, CLI
+/// invocations); use a network store (`client-auth-redis`) when they run on several hosts.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use client_auth::{FileStore, OAuthProvider};
+///
+/// # fn main() -> Result<(), client_auth::Error> {
+/// let store = FileStore::new("/var/lib/my-service/tokens")
+///     .lock_wait_timeout(Duration::from_secs(40));
+/// let provider = OAuthProvider::refresh_token_grant("https://auth.example.com/token")
+///     .client_id("my-client")
+///     .store(Arc::new(store), "user-42")
+///     .build()?;
+/// # let _ = provider;
+/// # Ok(()) }
+/// ```
+///
+/// The lease waits for another holder by polling the lock (with backoff), at most
+/// [`lock_wait_timeout`](Self::lock_wait_timeout); by default the lease's own ttl plus a second.
+/// The ttl itself is not enforced: the lock is released when its holder finishes or dies, and a
+/// living holder is bounded by the token-endpoint timeout.
+///
+/// A file that cannot be read or parsed is a permanent [`StoreError`]; it is never deleted or
+/// overwritten by a load, so it can be inspected. Errors name the file, never its content.
+#[derive(Clone)]
+pub struct FileStore {
+    dir: PathBuf,
+    lock_wait: Option<Duration>,
+}
+
+impl fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileStore")
+            .field("dir", &self.dir)
+            .field("lock_wait", &self.lock_wait)
+            .finish()
+    }
+}
+
+impl FileStore {
+    /// A store keeping its files in `dir` (created on the first write when missing).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            lock_wait: None,
+        }
+    }
+
+    /// How long [`lock_refresh`](TokenStore::lock_refresh) waits for another process's lease
+    /// before it fails with a transient error (default: the requested ttl plus one second).
+    pub fn lock_wait_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_wait = Some(timeout);
+        self
+    }
+
+    /// The directory the files live in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file holding the tokens of `namespace`.
+    ///
+    /// The namespace is turned into a file name: ASCII letters, digits, `-` and `_` are kept,
+    /// every other byte becomes `%XX`; a long name is cut and suffixed with a hash, so two
+    /// namespaces never share a file.
+    pub fn path_for(&self, namespace: &str) -> PathBuf {
+        self.dir.join(format!("{}.json", file_name(namespace)))
+    }
+
+    fn lock_path(&self, namespace: &str) -> PathBuf {
+        self.dir.join(format!("{}.lock", file_name(namespace)))
+    }
+}
+
+/// `namespace` as a file name (without extension).
+fn file_name(namespace: &str) -> String {
+    let mut name = String::with_capacity(namespace.len() + 8);
+    for b in namespace.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            name.push(char::from(b));
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if name.is_empty() {
+        name.push_str("%EMPTY");
+    }
+    if name.len() > MAX_NAME {
+        // FNV-1a: stable across builds and platforms, unlike `DefaultHasher`.
+        let hash = namespace.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let mut cut = MAX_NAME - 17;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name.truncate(cut);
+        name.push_str(&format!("~{hash:016x}"));
+    }
+    name
+}
+
+fn io_error(what: &str, path: &Path, e: &io::Error) -> StoreError {
+    let message = format!("{what} {}: {e}", path.display());
+    match e.kind() {
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            StoreError::transient(message)
+        }
+        _ => StoreError::permanent(message),
+    }
+}
+
+/// Runs blocking file I/O off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) => Err(StoreError::transient(format!(
+            "the file store's blocking task failed: {e}"
+        ))),
+    }
+}
+
+fn read(path: &Path) -> Result<Option<StoredTokens>, StoreError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => zeroize::Zeroizing::new(bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("could not read the token file", path, &e)),
+    };
+    StoredTokens::from_json(&bytes).map(Some).map_err(|e| {
+        StoreError::permanent(format!(
+            "the token file {} is corrupt and was left in place: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn create_dir(dir: &Path) -> Result<(), StoreError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|e| io_error("could not create the token directory", dir, &e))
+}
+
+fn open_private(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
+    options.open(path)
+}
+
+/// Flushes a directory entry change (rename, unlink) to disk; a no-op where directories
+/// cannot be opened (Windows).
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("could not flush the token directory", dir, &e))?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+fn write_atomic(dir: &Path, path: &Path, contents: &[u8]) -> Result<(), StoreError> {
+    create_dir(dir)?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{file_name}.{}.{:016x}.tmp",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let written = (|| {
+        let mut file = open_private(&tmp, OpenOptions::new().write(true).create_new(true))?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_error("could not write the token file", path, &e));
+    }
+    sync_dir(dir)
+}
+
+impl TokenStore for FileStore {
+    fn load<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredTokens>, StoreError>> {
+        let path = self.path_for(namespace);
+        Box::pin(blocking(move || read(&path)))
+    }
+
+    fn save<'a>(
+        &'a self,
+        namespace: &'a str,
+        tokens: &'a StoredTokens,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let dir = self.dir.clone();
+        let path = self.path_for(namespace);
+        let json = tokens.to_json();
+        Box::pin(blocking(move || {
+            write_atomic(&dir, &path, json.expose_secret().as_bytes())
+        }))
+    }
+
+    fn clear<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        let dir = self.dir.clone();
+        let path = self.path_for(namespace);
+        Box::pin(blocking(move || match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("could not remove the token file", &path, &e)),
+        }))
+    }
+
+    fn lock_refresh<'a>(
+        &'a self,
+        namespace: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<Box<dyn RefreshLease>>, StoreError>> {
+        let dir = self.dir.clone();
+        let path = self.lock_path(namespace);
+        let wait = self
+            .lock_wait
+            .unwrap_or_else(|| ttl.saturating_add(Duration::from_secs(1)));
+        Box::pin(async move {
+            let file = {
+                let path = path.clone();
+                blocking(move || {
+                    create_dir(&dir)?;
+                    open_private(
+                        &path,
+                        OpenOptions::new().read(true).write(true).create(true),
+                    )
+                    .map_err(|e| io_error("could not open the lock file", &path, &e))
+                })
+                .await?
+            };
+            let started = Instant::now();
+            let mut delay = Duration::from_millis(2);
+            let mut file = Some(file);
+            loop {
+                let Some(f) = file.take() else {
+                    return Err(StoreError::transient("the lock file was lost"));
+                };
+                let lock_path = path.clone();
+                let (f, locked) = blocking(move || {
+                    // Fully qualified: std's `File::try_lock` (Rust 1.89) would shadow it.
+                    match fs4::FileExt::try_lock(&f) {
+                        Ok(()) => Ok((f, true)),
+                        Err(fs4::TryLockError::WouldBlock) => Ok((f, false)),
+                        Err(fs4::TryLockError::Error(e)) => {
+                            Err(io_error("could not lock", &lock_path, &e))
+                        }
+                    }
+                })
+                .await?;
+                if locked {
+                    tracing::trace!(path = %path.display(), "file refresh lease taken");
+                    return Ok(Some(
+                        Box::new(FileLease { file: Some(f) }) as Box<dyn RefreshLease>
+                    ));
+                }
+                file = Some(f);
+                let waited = started.elapsed();
+                if waited >= wait {
+                    return Err(StoreError::transient(format!(
+                        "timed out after {} ms waiting for the refresh lease {}",
+                        waited.as_millis(),
+                        path.display()
+                    )));
+                }
+                let jittered = delay.mul_f64(0.5 + fastrand::f64() * 0.5);
+                tokio::time::sleep(jittered.min(wait - waited)).await;
+                delay = (delay * 2).min(Duration::from_millis(50));
+            }
+        })
+    }
+}
+
+/// The held advisory lock. Dropping it closes the file, which releases the lock too.
+struct FileLease {
+    file: Option<File>,
+}
+
+impl fmt::Debug for FileLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileLease").finish_non_exhaustive()
+    }
+}
+
+impl RefreshLease for FileLease {
+    fn release(mut self: Box<Self>) -> BoxFuture<'static, Result<(), StoreError>> {
+        let file = self.file.take();
+        Box::pin(blocking(move || {
+            if let Some(file) = file {
+                // Closing the file releases the lock even if the explicit unlock fails.
+                fs4::FileExt::unlock(&file).map_err(|e| {
+                    StoreError::transient(format!("could not unlock the lock file: {e}"))
+                })?;
+            }
+            Ok(())
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::secret::{AccessToken, RefreshToken};
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "client-auth-file-store-{tag}-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn tokens(marker: &str) -> StoredTokens {
+        StoredTokens {
+            access_token: Some(AccessToken::new(format!("at-{marker}"))),
+            refresh_token: Some(RefreshToken::new(format!("rt-{marker}"))),
+            // whole milliseconds, the precision the JSON keeps
+            expires_at: std::time::UNIX_EPOCH.checked_add(Duration::from_millis(1_900_000_000_000)),
+            scope: None,
+        }
+    }
+
+    #[test]
+    fn namespaces_become_distinct_safe_file_names() {
+        assert_eq!(file_name("user-42_a"), "user-42_a");
+        assert_eq!(file_name("../etc/passwd"), "%2E%2E%2Fetc%2Fpasswd");
+        assert_eq!(file_name("a:b"), "a%3Ab");
+        assert_eq!(file_name(""), "%EMPTY");
+        assert_ne!(file_name("%EMPTY"), file_name(""));
+        let long_a = "a".repeat(500);
+        let long_b = format!("{}b", "a".repeat(499));
+        assert!(file_name(&long_a).len() <= MAX_NAME);
+        assert_ne!(file_name(&long_a), file_name(&long_b));
+        assert_eq!(file_name("é").len(), 6);
+    }
+
+    #[tokio::test]
+    async fn saves_loads_and_clears_one_file_per_namespace() {
+        let dir = temp_dir("roundtrip");
+        let store = FileStore::new(&dir);
+        assert!(store.load("a").await.unwrap().is_none());
+        store.save("a", &tokens("A")).await.unwrap();
+        store.save("b/c", &tokens("B")).await.unwrap();
+        assert_eq!(store.load("a").await.unwrap(), Some(tokens("A")));
+        assert!(store.path_for("b/c").exists());
+        store.clear("a").await.unwrap();
+        store.clear("a").await.unwrap();
+        assert!(store.load("a").await.unwrap().is_none());
+        assert!(store.load("b/c").await.unwrap().is_some());
+        // no temporary files are left behind
+        let leftovers: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn files_are_private_to_the_owner() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = temp_dir("mode");
+        let store = FileStore::new(&dir);
+        store.save("a", &tokens("A")).await.unwrap();
+        let mode = fs::metadata(store.path_for("a"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let lease = store
+            .lock_refresh("a", Duration::from_secs(1))
+            .await
+            .unwrap();
+        let mode = fs::metadata(store.lock_path("a"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        lease.unwrap().release().await.unwrap();
+        let mode = fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_file_is_a_permanent_error_and_stays() {
+        let dir = temp_dir("corrupt");
+        let store = FileStore::new(&dir);
+        store.save("a", &tokens("A")).await.unwrap();
+        let path = store.path_for("a");
+        fs::write(&path, b"{\"v\":1,\"refresh_token\":\"rt-SECRET-MARKER").unwrap();
+        let e = store.load("a").await.unwrap_err();
+        assert!(!e.is_transient());
+        let text = e.to_string();
+        assert!(text.contains("corrupt"), "{text}");
+        assert!(!text.contains("SECRET-MARKER"), "{text}");
+        assert!(path.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_lease_is_exclusive_and_waits_for_release() {
+        let dir = temp_dir("lease");
+        let first = FileStore::new(&dir);
+        let second = FileStore::new(&dir).lock_wait_timeout(Duration::from_millis(100));
+        let lease = first
+            .lock_refresh("a", Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(lease.is_some());
+        // A second holder (another open file, as in another process) times out, transiently.
+        let e = second
+            .lock_refresh("a", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        // Another namespace is independent.
+        let other = second
+            .lock_refresh("b", Duration::from_secs(1))
+            .await
+            .unwrap();
+        other.unwrap().release().await.unwrap();
+        // A waiter gets the lease once it is released.
+        let waiter = tokio::spawn({
+            let store = FileStore::new(&dir).lock_wait_timeout(Duration::from_secs(5));
+            async move {
+                let started = Instant::now();
+                let lease = store
+                    .lock_refresh("a", Duration::from_secs(1))
+                    .await
+                    .unwrap();
+                lease.unwrap().release().await.unwrap();
+                started.elapsed()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        lease.unwrap().release().await.unwrap();
+        let waited = waiter.await.unwrap();
+        assert!(waited >= Duration::from_millis(40), "{waited:?}");
+        // Dropping a lease without releasing it frees the lock too.
+        let dropped = first
+            .lock_refresh("a", Duration::from_secs(1))
+            .await
+            .unwrap();
+        drop(dropped);
+        let again = second
+            .lock_refresh("a", Duration::from_secs(1))
+            .await
+            .unwrap();
+        again.unwrap().release().await.unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
