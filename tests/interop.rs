@@ -1,1 +1,855 @@
-//! Placeholder: being written.
+//! Interoperability with a certified OpenID provider nobody here wrote: `oidc-provider` (npm),
+//! started from `tests/interop/server.mjs`, through both adapters.
+//!
+//! Setup: `npm ci --prefix tests/interop` (node 20 or later). With `CLIENT_AUTH_INTEROP=1` a
+//! missing node or `node_modules` fails the tests; without it they print how to enable them
+//! and pass. Each test starts its own provider process (it exits when its stdin closes).
+//!
+//! These tests run in real time: the provider's clock cannot be moved.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use client_auth::{
+    Error, MemoryStore, OAuthProvider, OAuthProviderBuilder, SessionReason, SessionState,
+    TowerTransport,
+};
+use client_auth_reqwest::AuthorizationMiddleware;
+use client_auth_reqwest::reqwest_middleware::{self, ClientWithMiddleware};
+use client_auth_tower::{Authorize, AuthorizeLayer};
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use tower::{Layer, Service, ServiceExt};
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+// ---- the provider process ------------------------------------------------------------------
+
+fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop")
+}
+
+/// Whether the interop setup is there; panics when it is required (`CLIENT_AUTH_INTEROP=1`) and
+/// missing, prints one line and returns `false` when it is optional and missing.
+fn setup_present() -> bool {
+    let required = std::env::var("CLIENT_AUTH_INTEROP").is_ok_and(|v| v == "1");
+    let node = Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let modules = interop_dir()
+        .join("node_modules/oidc-provider/package.json")
+        .is_file();
+    let missing = match (node, modules) {
+        (true, true) => return true,
+        (false, _) => "node is not on PATH",
+        (true, false) => "tests/interop/node_modules is missing",
+    };
+    assert!(
+        !required,
+        "CLIENT_AUTH_INTEROP=1 but {missing}: install node 20+ and run `npm ci --prefix tests/interop`"
+    );
+    println!(
+        "interop test skipped ({missing}): run `npm ci --prefix tests/interop` and set CLIENT_AUTH_INTEROP=1 to enable"
+    );
+    false
+}
+
+#[derive(Debug, Clone)]
+struct ClientReg {
+    id: String,
+    secret: String,
+}
+
+/// A running `server.mjs`. Dropping it closes its stdin (it exits) and reaps it.
+struct Interop {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    token_endpoint: String,
+    revocation_endpoint: String,
+    control_url: String,
+    resource_origin: String,
+    resource_url: String,
+    tower_client: ClientReg,
+    reqwest_client: ClientReg,
+    control: reqwest::Client,
+}
+
+impl Drop for Interop {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Interop {
+    /// Starts the provider with this access-token lifetime, or `None` when the setup is absent
+    /// and not required.
+    fn start(access_token_ttl_secs: u64) -> Option<Interop> {
+        Self::start_with(access_token_ttl_secs, 1)
+    }
+
+    /// As [`start`](Self::start), with the resource's clock tolerance (leeway) in seconds.
+    fn start_with(access_token_ttl_secs: u64, clock_tolerance_secs: u64) -> Option<Interop> {
+        if !setup_present() {
+            return None;
+        }
+        let mut child = Command::new("node")
+            .arg("server.mjs")
+            .arg("--access-token-ttl")
+            .arg(access_token_ttl_secs.to_string())
+            .arg("--clock-tolerance")
+            .arg(clock_tolerance_secs.to_string())
+            .current_dir(interop_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start node tests/interop/server.mjs");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // The runtime and development-key warnings are expected.
+                if !line.contains("oidc-provider WARNING") {
+                    eprintln!("[server.mjs] {line}");
+                }
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Some(Ok(line))) => line,
+            other => {
+                let _ = child.kill();
+                panic!("server.mjs did not print its ready line: {other:?}");
+            }
+        };
+        let info: Value = serde_json::from_str(&line).expect("the ready line is JSON");
+        let s = |k: &str| info[k].as_str().unwrap().to_owned();
+        let client = |i: usize| ClientReg {
+            id: info["clients"][i]["client_id"].as_str().unwrap().to_owned(),
+            secret: info["clients"][i]["client_secret"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        };
+        Some(Interop {
+            token_endpoint: s("token_endpoint"),
+            revocation_endpoint: s("revocation_endpoint"),
+            control_url: s("control_url"),
+            resource_origin: s("resource_origin"),
+            resource_url: s("resource_url"),
+            tower_client: client(0),
+            reqwest_client: client(1),
+            control: reqwest::Client::new(),
+            child,
+            stdin,
+        })
+    }
+
+    fn client(&self, adapter: Adapter) -> &ClientReg {
+        match adapter {
+            Adapter::Tower => &self.tower_client,
+            Adapter::Reqwest => &self.reqwest_client,
+        }
+    }
+
+    async fn post(&self, route: &str, body: Value) -> Value {
+        let response = self
+            .control
+            .post(format!("{}/{route}", self.control_url))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{route}: {response:?}");
+        serde_json::from_str(&response.text().await.unwrap()).unwrap()
+    }
+
+    /// A grant for `sub` as if the user had signed in: `(access_token, refresh_token)`.
+    async fn mint(&self, client: &ClientReg) -> (String, String) {
+        let minted = self.post("mint", json!({ "client_id": client.id })).await;
+        (
+            minted["access_token"].as_str().unwrap().to_owned(),
+            minted["refresh_token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn revoke_access(&self, access_token: &str) {
+        let answer = self
+            .post("revoke-access", json!({ "access_token": access_token }))
+            .await;
+        assert_eq!(answer["revoked"], true);
+    }
+
+    async fn revoke_grant(&self, token: &str) {
+        let answer = self.post("revoke-grant", json!({ "token": token })).await;
+        assert_eq!(answer["revoked"], true);
+    }
+
+    /// The node process's counters for `client`.
+    async fn counters(&self, client: &ClientReg) -> Counters {
+        let all: Value = serde_json::from_str(
+            &self
+                .control
+                .get(format!("{}/counters", self.control_url))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let c = &all[&client.id];
+        let n = |v: &Value| v.as_u64().unwrap_or(0);
+        Counters {
+            token_requests: n(&c["token_requests"]),
+            max_in_flight: n(&c["max_in_flight"]),
+            max_token_ms: n(&c["max_token_ms"]),
+            refresh_successes: n(&c["refresh_successes"]),
+            client_credentials_successes: n(&c["client_credentials_successes"]),
+            invalid_grant: n(&c["errors"]["invalid_grant"]),
+            errors: c["errors"]
+                .as_object()
+                .map_or(0, |m| m.values().map(n).sum()),
+            resource_ok: n(&c["resource"]["200"]),
+            resource_401: n(&c["resource"]["401"]),
+        }
+    }
+
+    /// Presents `refresh_token` at the token endpoint by hand; returns the `error` code or
+    /// `"ok"`.
+    async fn refresh_by_hand(&self, client: &ClientReg, refresh_token: &str) -> String {
+        let response = self
+            .control
+            .post(&self.token_endpoint)
+            .basic_auth(&client.id, Some(&client.secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "grant_type=refresh_token&refresh_token={refresh_token}"
+            ))
+            .send()
+            .await
+            .unwrap();
+        let ok = response.status().is_success();
+        let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        if ok {
+            "ok".to_owned()
+        } else {
+            body["error"].as_str().unwrap_or("?").to_owned()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counters {
+    token_requests: u64,
+    max_in_flight: u64,
+    max_token_ms: u64,
+    refresh_successes: u64,
+    client_credentials_successes: u64,
+    invalid_grant: u64,
+    errors: u64,
+    resource_ok: u64,
+    resource_401: u64,
+}
+
+// ---- the two adapters behind one face --------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Adapter {
+    Tower,
+    Reqwest,
+}
+
+const ADAPTERS: [Adapter; 2] = [Adapter::Tower, Adapter::Reqwest];
+
+#[derive(Clone)]
+enum AuthClient {
+    Tower(Authorize<HttpClient, OAuthProvider>),
+    Reqwest(ClientWithMiddleware),
+}
+
+/// How a request through an adapter ended.
+#[derive(Debug)]
+enum Outcome {
+    Status(StatusCode),
+    Auth(Error),
+    Other(#[allow(dead_code, reason = "read through Debug")] String),
+}
+
+impl Outcome {
+    fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Status(s) if *s == StatusCode::OK)
+    }
+}
+
+fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>()
+}
+
+impl AuthClient {
+    fn new(adapter: Adapter, provider: OAuthProvider, origin: &str) -> AuthClient {
+        match adapter {
+            Adapter::Tower => AuthClient::Tower(
+                AuthorizeLayer::builder(provider)
+                    .allow_origin(origin)
+                    .allow_http(true)
+                    .build()
+                    .unwrap()
+                    .layer(http_client()),
+            ),
+            Adapter::Reqwest => AuthClient::Reqwest(
+                reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+                    .with(
+                        AuthorizationMiddleware::builder(provider)
+                            .allow_origin(origin)
+                            .allow_http(true)
+                            .build()
+                            .unwrap(),
+                    )
+                    .build(),
+            ),
+        }
+    }
+
+    async fn get(&self, url: &str) -> Outcome {
+        match self {
+            AuthClient::Tower(service) => {
+                let request = http::Request::get(url).body(Full::default()).unwrap();
+                let mut service = service.clone();
+                let result = async { service.ready().await?.call(request).await }.await;
+                match result {
+                    Ok(response) => {
+                        let status = response.status();
+                        let _ = response.into_body().collect().await;
+                        Outcome::Status(status)
+                    }
+                    Err(e) => match e.downcast_ref::<Error>() {
+                        Some(auth) => Outcome::Auth(auth.clone()),
+                        None => Outcome::Other(e.to_string()),
+                    },
+                }
+            }
+            AuthClient::Reqwest(client) => match client.get(url).send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    let _ = response.bytes().await;
+                    Outcome::Status(status)
+                }
+                Err(reqwest_middleware::Error::Middleware(e)) => match e.downcast_ref::<Error>() {
+                    Some(auth) => Outcome::Auth(auth.clone()),
+                    None => Outcome::Other(e.to_string()),
+                },
+                Err(e) => Outcome::Other(e.to_string()),
+            },
+        }
+    }
+}
+
+/// A provider builder for `client` at this provider; the tower side asks the token endpoint
+/// through a hyper client (`TowerTransport`), the reqwest side through `ReqwestTransport`.
+fn oauth(
+    builder: OAuthProviderBuilder,
+    adapter: Adapter,
+    client: &ClientReg,
+) -> OAuthProviderBuilder {
+    let builder = builder
+        .client_id(client.id.as_str())
+        .client_secret(client.secret.as_str())
+        .jitter(0.0);
+    match adapter {
+        Adapter::Tower => builder.transport(Arc::new(TowerTransport::<_, Full<Bytes>>::new(
+            http_client(),
+        ))),
+        Adapter::Reqwest => builder,
+    }
+}
+
+// ---- scenarios -------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_token_grant_with_rotation_through_both_adapters() {
+    let Some(op) = Interop::start(60) else {
+        return;
+    };
+    for adapter in ADAPTERS {
+        let client = op.client(adapter);
+        let (_, minted_rt) = op.mint(client).await;
+        let store = Arc::new(MemoryStore::new());
+        let provider = oauth(
+            OAuthProvider::refresh_token_grant(&op.token_endpoint),
+            adapter,
+            client,
+        )
+        .refresh_token(minted_rt.as_str())
+        .store(store.clone(), "alice")
+        .build()
+        .unwrap();
+        let http = AuthClient::new(adapter, provider.clone(), &op.resource_origin);
+
+        // No access token yet: the first request refreshes, and the refresh token rotates.
+        let outcome = http.get(&op.resource_url).await;
+        assert!(outcome.is_ok(), "{adapter:?}: {outcome:?}");
+        let first_rt = store.get("alice").unwrap().refresh_token.unwrap();
+        assert_ne!(first_rt.expose_secret(), minted_rt, "{adapter:?}: rotated");
+
+        // A forced refresh rotates again, and the new token serves requests.
+        provider.verify_session().await.unwrap();
+        let second_rt = store.get("alice").unwrap().refresh_token.unwrap();
+        assert_ne!(second_rt, first_rt, "{adapter:?}: rotated again");
+        for _ in 0..5 {
+            let outcome = http.get(&op.resource_url).await;
+            assert!(outcome.is_ok(), "{adapter:?}: {outcome:?}");
+        }
+        let c = op.counters(client).await;
+        assert_eq!(
+            (
+                c.refresh_successes,
+                c.invalid_grant,
+                c.resource_ok,
+                c.resource_401
+            ),
+            (2, 0, 6, 0),
+            "{adapter:?}: {c:?}"
+        );
+        assert_eq!(
+            provider.session_state(),
+            SessionState::Authenticated(SessionReason::Refreshed)
+        );
+
+        // Reuse detection is on: the rotated-out token is refused by the provider.
+        assert_eq!(
+            op.refresh_by_hand(client, first_rt.expose_secret()).await,
+            "invalid_grant",
+            "{adapter:?}"
+        );
+        println!("{adapter:?}: refresh_token grant with rotation: {c:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_through_both_adapters() {
+    let Some(op) = Interop::start(2) else {
+        return;
+    };
+    for adapter in ADAPTERS {
+        let client = op.client(adapter);
+        let provider = oauth(
+            OAuthProvider::client_credentials(&op.token_endpoint),
+            adapter,
+            client,
+        )
+        .build()
+        .unwrap();
+        let http = AuthClient::new(adapter, provider, &op.resource_origin);
+        for _ in 0..3 {
+            let outcome = http.get(&op.resource_url).await;
+            assert!(outcome.is_ok(), "{adapter:?}: {outcome:?}");
+        }
+        assert_eq!(op.counters(client).await.client_credentials_successes, 1);
+        // Past the hard window (1.5 s of a 2 s token) a new token is fetched before sending.
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        let outcome = http.get(&op.resource_url).await;
+        assert!(outcome.is_ok(), "{adapter:?}: {outcome:?}");
+        let c = op.counters(client).await;
+        assert_eq!(
+            (
+                c.client_credentials_successes,
+                c.errors,
+                c.resource_ok,
+                c.resource_401
+            ),
+            (2, 0, 4, 0),
+            "{adapter:?}: {c:?}"
+        );
+        println!("{adapter:?}: client_credentials: {c:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_access_token_gets_401_then_refresh_then_retry() {
+    let Some(op) = Interop::start(60) else {
+        return;
+    };
+    for adapter in ADAPTERS {
+        let client = op.client(adapter);
+        let (at, rt) = op.mint(client).await;
+        let provider = oauth(
+            OAuthProvider::refresh_token_grant(&op.token_endpoint),
+            adapter,
+            client,
+        )
+        .refresh_token(rt.as_str())
+        .access_token(at.as_str(), Some(Duration::from_secs(60)))
+        .build()
+        .unwrap();
+        let http = AuthClient::new(adapter, provider, &op.resource_origin);
+        assert!(http.get(&op.resource_url).await.is_ok());
+        assert_eq!(op.counters(client).await.refresh_successes, 0);
+
+        op.revoke_access(&at).await;
+        let outcome = http.get(&op.resource_url).await;
+        assert!(outcome.is_ok(), "{adapter:?}: {outcome:?}");
+        let c = op.counters(client).await;
+        assert_eq!(
+            (c.resource_ok, c.resource_401, c.refresh_successes, c.errors),
+            (2, 1, 1, 0),
+            "{adapter:?}: one 401, one refresh, one successful retry: {c:?}"
+        );
+        println!("{adapter:?}: revoked access token: {c:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_grant_ends_the_session() {
+    let Some(op) = Interop::start(60) else {
+        return;
+    };
+    for adapter in ADAPTERS {
+        let client = op.client(adapter);
+        let (at, rt) = op.mint(client).await;
+        let store = Arc::new(MemoryStore::new());
+        let provider = oauth(
+            OAuthProvider::refresh_token_grant(&op.token_endpoint),
+            adapter,
+            client,
+        )
+        .refresh_token(rt.as_str())
+        .access_token(at.as_str(), Some(Duration::from_secs(60)))
+        .store(store.clone(), "alice")
+        .build()
+        .unwrap();
+        let http = AuthClient::new(adapter, provider.clone(), &op.resource_origin);
+        assert!(http.get(&op.resource_url).await.is_ok());
+
+        op.revoke_grant(&rt).await;
+        match http.get(&op.resource_url).await {
+            Outcome::Auth(e) => {
+                assert!(e.is_session_ended(), "{adapter:?}: {e:?}");
+                assert_eq!(
+                    e.oauth_error().map(|o| o.code().to_owned()).as_deref(),
+                    Some("invalid_grant")
+                );
+            }
+            other => panic!("{adapter:?}: expected the session to end, got {other:?}"),
+        }
+        assert_eq!(
+            provider.session_state(),
+            SessionState::NoSession(SessionReason::Invalid("invalid_grant".into()))
+        );
+        assert!(store.get("alice").is_none(), "the store was cleared");
+
+        // Later requests fail fast with NoSession, without asking the provider.
+        let before = op.counters(client).await;
+        match http.get(&op.resource_url).await {
+            Outcome::Auth(Error::NoSession { .. }) => {}
+            other => panic!("{adapter:?}: expected NoSession, got {other:?}"),
+        }
+        let after = op.counters(client).await;
+        assert_eq!(
+            before, after,
+            "{adapter:?}: no network after the session ended"
+        );
+        println!("{adapter:?}: revoked grant: {after:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_revokes_the_refresh_token_at_the_provider() {
+    let Some(op) = Interop::start(60) else {
+        return;
+    };
+    for adapter in ADAPTERS {
+        let client = op.client(adapter);
+        let (_, rt) = op.mint(client).await;
+        let store = Arc::new(MemoryStore::new());
+        let provider = oauth(
+            OAuthProvider::refresh_token_grant(&op.token_endpoint),
+            adapter,
+            client,
+        )
+        .refresh_token(rt.as_str())
+        .revocation_url(&op.revocation_endpoint)
+        .store(store.clone(), "alice")
+        .build()
+        .unwrap();
+        provider.verify_session().await.unwrap();
+        let current = store.get("alice").unwrap().refresh_token.unwrap();
+        provider.logout().await.unwrap();
+        assert_eq!(
+            provider.session_state(),
+            SessionState::NoSession(SessionReason::Logout)
+        );
+        assert_eq!(
+            op.refresh_by_hand(client, current.expose_secret()).await,
+            "invalid_grant",
+            "{adapter:?}: RFC 7009 revocation reached the provider"
+        );
+    }
+}
+
+// ---- the rotation storm ----------------------------------------------------------------------
+
+const STORM_CONCURRENCY: usize = 1000;
+const STORM_TTL: u64 = 2;
+const STORM_LIFETIMES: u32 = 20;
+/// The resource's leeway: a request that got its token just before the hard window may sit in
+/// the single-threaded node process's queue for a while (1 000 requests in flight through
+/// each adapter at once on a small machine); 5 s keeps that queueing out of the figures.
+const STORM_LEEWAY: u64 = 5;
+/// Mean pause of each caller between its requests in the steady phase.
+const STORM_THINK: Duration = Duration::from_millis(4000);
+
+#[derive(Debug, Default)]
+struct StormResult {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    failures: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    max_latency_ms: AtomicU64,
+    max_in_flight: AtomicU64,
+}
+
+impl StormResult {
+    fn record(&self, outcome: &Outcome, started: Instant) {
+        let ms = started.elapsed().as_millis() as u64;
+        self.max_latency_ms.fetch_max(ms, Ordering::Relaxed);
+        if outcome.is_ok() {
+            self.ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            let kind: String = format!("{outcome:?}").chars().take(120).collect();
+            *self.failures.lock().unwrap().entry(kind).or_default() += 1;
+        }
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} ok, {} failed {:?}, max in flight {}, max latency {} ms",
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.failures.lock().unwrap(),
+            self.max_in_flight.load(Ordering::Relaxed),
+            self.max_latency_ms.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// `STORM_CONCURRENCY` requests at once through one adapter, all arriving while there is no
+/// token: one refresh must serve them all.
+async fn burst(http: AuthClient, url: String) -> Arc<StormResult> {
+    let result = Arc::new(StormResult::default());
+    let gate = Arc::new(tokio::sync::Barrier::new(STORM_CONCURRENCY));
+    let mut tasks = Vec::with_capacity(STORM_CONCURRENCY);
+    for _ in 0..STORM_CONCURRENCY {
+        let (http, url, result, gate) = (
+            http.clone(),
+            url.clone(),
+            Arc::clone(&result),
+            Arc::clone(&gate),
+        );
+        tasks.push(tokio::spawn(async move {
+            gate.wait().await;
+            let started = Instant::now();
+            let outcome = http.get(&url).await;
+            result.record(&outcome, started);
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    result
+        .max_in_flight
+        .store(STORM_CONCURRENCY as u64, Ordering::Relaxed);
+    result
+}
+
+/// `STORM_CONCURRENCY` callers share one adapter (one provider); each sends a request, pauses
+/// for a random while (mean `STORM_THINK`), and again, until `until`. The pauses keep the
+/// single-threaded node process and this debug-built client below saturation, so that the
+/// token endpoint answers promptly and the refresh schedule can be checked.
+async fn steady(http: AuthClient, url: String, until: Instant) -> Arc<StormResult> {
+    let result = Arc::new(StormResult::default());
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(STORM_CONCURRENCY);
+    for i in 0..STORM_CONCURRENCY {
+        let (http, url, result, in_flight) = (
+            http.clone(),
+            url.clone(),
+            Arc::clone(&result),
+            Arc::clone(&in_flight),
+        );
+        // A cheap LCG per caller for the pauses; first requests spread over one mean pause.
+        let mut seed = (i as u64).wrapping_mul(6_364_136_223_846_793_005) | 1;
+        let mut pause = move || {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            STORM_THINK.mul_f64(2.0 * ((seed >> 11) as f64 / (1u64 << 53) as f64))
+        };
+        let first = STORM_THINK.mul_f64(i as f64 / STORM_CONCURRENCY as f64);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(first).await;
+            while Instant::now() < until {
+                let started = Instant::now();
+                let now = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+                result.max_in_flight.fetch_max(now, Ordering::Relaxed);
+                let outcome = http.get(&url).await;
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+                result.record(&outcome, started);
+                let left = until.saturating_duration_since(Instant::now());
+                tokio::time::sleep(pause().min(left)).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    result
+}
+
+/// Both adapters at once, each with its own client, grant and provider, against oidc-provider
+/// with rotation and reuse detection on: a burst of 1 000 concurrent requests with no token
+/// (one refresh serves them all), then 1 000 callers for 20 access-token lifetimes of 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_storm_through_both_adapters() {
+    let Some(op) = Interop::start_with(STORM_TTL, STORM_LEEWAY) else {
+        return;
+    };
+    let lifetime = Duration::from_secs(STORM_TTL);
+    // The default soft window for a 2 s token: min(max(60 s, 10 %), 50 %) = 1 s.
+    let soft = Duration::from_secs(1);
+    let duration = lifetime * STORM_LIFETIMES;
+
+    let mut clients = Vec::new();
+    for adapter in ADAPTERS {
+        let client = op.client(adapter);
+        let (_, rt) = op.mint(client).await;
+        let provider = oauth(
+            OAuthProvider::refresh_token_grant(&op.token_endpoint),
+            adapter,
+            client,
+        )
+        .refresh_token(rt.as_str())
+        .build()
+        .unwrap();
+        let http = AuthClient::new(adapter, provider.clone(), &op.resource_origin);
+        clients.push((adapter, provider, http));
+    }
+
+    // Phase 1: the stampede.
+    let bursts: Vec<_> = clients
+        .iter()
+        .map(|(_, _, http)| tokio::spawn(burst(http.clone(), op.resource_url.clone())))
+        .collect();
+    let burst_started = Instant::now();
+    let mut before = Vec::new();
+    for ((adapter, _, _), run) in clients.iter().zip(bursts) {
+        let result = run.await.unwrap();
+        let took = burst_started.elapsed();
+        let c = op.counters(op.client(*adapter)).await;
+        println!(
+            "rotation storm {adapter:?} burst: {STORM_CONCURRENCY} concurrent requests with no token, done in {:.1} s: {}; {} refreshes, max in flight {}, resource 401s recovered by a retry {}",
+            took.as_secs_f64(),
+            result.summary(),
+            c.refresh_successes,
+            c.max_in_flight,
+            c.resource_401,
+        );
+        assert_eq!(result.failed.load(Ordering::Relaxed), 0, "{adapter:?}");
+        // One refresh serves the whole stampede; while the burst drains (connection setup for
+        // 2 000 sockets takes seconds here), the schedule refreshes ahead once per second.
+        let allowed = 1 + (took.as_secs_f64() / (lifetime - soft).as_secs_f64()).ceil() as u64;
+        assert!(
+            c.refresh_successes >= 1 && c.refresh_successes <= allowed,
+            "{adapter:?}: one refresh for the stampede, then the schedule: {c:?}"
+        );
+        assert_eq!(
+            (c.max_in_flight, c.errors, c.token_requests),
+            (1, 0, c.refresh_successes),
+            "{adapter:?}: {c:?}"
+        );
+        before.push(c);
+    }
+
+    // Phase 2: steady load for 20 lifetimes.
+    let started = Instant::now();
+    let until = started + duration;
+    let runs: Vec<_> = clients
+        .iter()
+        .map(|(_, _, http)| tokio::spawn(steady(http.clone(), op.resource_url.clone(), until)))
+        .collect();
+    let mut report = Vec::new();
+    for (((adapter, provider, _), run), c0) in clients.iter().zip(runs).zip(before) {
+        let result = run.await.unwrap();
+        let elapsed = started.elapsed();
+        let c = op.counters(op.client(*adapter)).await;
+        let refreshes = c.refresh_successes - c0.refresh_successes;
+        // Requests run from `started` to `until`; a refresh is due every (lifetime − soft).
+        let predicted = duration.as_secs_f64() / (lifetime - soft).as_secs_f64();
+        let line = format!(
+            "{adapter:?} steady: {STORM_CONCURRENCY} callers for {:.1} s: {} ({:.0} req/s); {refreshes} refreshes (predicted {predicted:.1}), max refreshes in flight {}, slowest token request {} ms (node-side), invalid_grant {}, token errors {}, resource 401s {} (burst included)",
+            elapsed.as_secs_f64(),
+            result.summary(),
+            result.ok.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
+            c.max_in_flight,
+            c.max_token_ms,
+            c.invalid_grant,
+            c.errors,
+            c.resource_401,
+        );
+        println!("rotation storm {line}");
+        report.push((
+            *adapter,
+            provider.clone(),
+            result,
+            c,
+            refreshes,
+            predicted,
+            line,
+        ));
+    }
+    for (adapter, provider, result, c, refreshes, predicted, line) in report {
+        assert_eq!(result.failed.load(Ordering::Relaxed), 0, "{line}");
+        assert!(result.ok.load(Ordering::Relaxed) > 0, "{line}");
+        assert_eq!((c.invalid_grant, c.errors), (0, 0), "{line}");
+        assert_eq!(c.max_in_flight, 1, "never two refreshes in flight: {line}");
+        assert!(
+            (refreshes as f64 - predicted).abs() <= 1.0,
+            "refresh count within ±1 of elapsed ÷ (lifetime − soft window): {line}"
+        );
+        assert!(
+            matches!(provider.session_state(), SessionState::Authenticated(_)),
+            "{adapter:?}"
+        );
+    }
+}
