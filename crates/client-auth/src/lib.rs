@@ -41,6 +41,7 @@
 //! | `tower` | [`TowerTransport`]: the token-endpoint transport on any `tower_service::Service` |
 //! | `jwt-aws-lc-rs` | [`CustomerTokenSigner`] signing through aws-lc-rs |
 //! | `jwt-rust-crypto` | [`CustomerTokenSigner`] signing through RustCrypto |
+//! | `file-store` | `FileStore`: a token store in files with an advisory refresh lock, for processes on one host |
 //! | `test-util` | [`ManualClock`], a clock tests move by hand |
 //!
 //! None is on by default.
