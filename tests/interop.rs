@@ -61,9 +61,15 @@ fn setup_present() -> bool {
         !required,
         "CLIENT_AUTH_INTEROP=1 but {missing}: install node 20+ and run `npm ci --prefix tests/interop`"
     );
-    println!(
-        "interop test skipped ({missing}): run `npm ci --prefix tests/interop` and set CLIENT_AUTH_INTEROP=1 to enable"
-    );
+    // Once per test binary, past libtest's output capture so that it shows.
+    static NOTICE: std::sync::Once = std::sync::Once::new();
+    NOTICE.call_once(|| {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "interop tests skipped ({missing}): run `npm ci --prefix tests/interop` and set CLIENT_AUTH_INTEROP=1 to enable them"
+        );
+    });
     false
 }
 

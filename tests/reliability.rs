@@ -897,12 +897,17 @@ const MARKED: Secrets = Secrets {
 const MARKED_KEY: &str = "key-LEAKCHECK-api-key";
 const MARKED_JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJMRUFLQ0hFQ0sifQ.LEAKCHECK-customer-jwt";
 
+static CAPTURING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 #[derive(Clone, Default)]
 struct Buffer(Arc<Mutex<Vec<u8>>>);
 
 impl std::io::Write for Buffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        // Only while the leak test runs: the other tests (the soak) must not fill memory.
+        if CAPTURING.load(Ordering::Relaxed) {
+            self.0.lock().unwrap().extend_from_slice(buf);
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -1097,7 +1102,9 @@ async fn secrets_never_reach_logs_errors_or_debug() {
             found.push(line.clone());
         }
     }
-    let logs = String::from_utf8_lossy(&buffer.0.lock().unwrap()).into_owned();
+    CAPTURING.store(false, Ordering::Relaxed);
+    let captured = std::mem::take(&mut *buffer.0.lock().unwrap());
+    let logs = String::from_utf8_lossy(&captured).into_owned();
     let log_lines = logs.lines().count();
     for line in logs.lines() {
         if leaks(line) {
@@ -1299,4 +1306,32 @@ async fn futures_join<F: std::future::Future>(futures: [F; 2]) -> Vec<F::Output>
     let [a, b] = futures;
     let (a, b) = tokio::join!(a, b);
     vec![a, b]
+}
+
+// ---- known bugs -------------------------------------------------------------------------------
+
+/// `TowerTransport` reports every failure as `TransportErrorKind::Other`, a refused connection
+/// included, where `ReqwestTransport` says `Connect` (see the fault matrix's figures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: TowerTransport classifies a refused connection as TransportErrorKind::Other, not Connect"]
+async fn tower_transport_reports_a_refused_connection_as_connect() {
+    for transport in TRANSPORTS {
+        let provider = oauth_builder(
+            &refused_url(),
+            "test-secret",
+            &ManualClock::new(),
+            transport,
+        )
+        .refresh_token("rt")
+        .build()
+        .unwrap();
+        match provider.access_token().await {
+            Err(Error::Transport(t)) => assert_eq!(
+                t.kind(),
+                client_auth::TransportErrorKind::Connect,
+                "{transport:?}"
+            ),
+            other => panic!("{transport:?}: {other:?}"),
+        }
+    }
 }
