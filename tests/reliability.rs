@@ -1308,12 +1308,11 @@ async fn futures_join<F: std::future::Future>(futures: [F; 2]) -> Vec<F::Output>
     vec![a, b]
 }
 
-// ---- known bugs -------------------------------------------------------------------------------
+// ---- transports agree ------------------------------------------------------------------------
 
-/// `TowerTransport` reports every failure as `TransportErrorKind::Other`, a refused connection
-/// included, where `ReqwestTransport` says `Connect` (see the fault matrix's figures).
+/// Both token-endpoint transports classify a refused connection as `Connect` (the tower one
+/// used to say `Other` for every failure).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: TowerTransport classifies a refused connection as TransportErrorKind::Other, not Connect"]
 async fn tower_transport_reports_a_refused_connection_as_connect() {
     for transport in TRANSPORTS {
         let provider = oauth_builder(

@@ -31,6 +31,22 @@ struct Origin {
     https: bool,
     host: String,
     port: u16,
+    /// `host:port`, compared as it stands before any parsing (the hot path).
+    host_port: String,
+    /// Whether `port` is the scheme's default, so that a bare `host` matches too.
+    default_port: bool,
+}
+
+impl Origin {
+    /// Whether `authority` is literally this origin's `host:port` (or `host` on the default
+    /// port), ignoring ASCII case. A literal match cannot carry user info.
+    fn matches_literally(&self, https: bool, authority: &str) -> bool {
+        // Exact bytes first (a memcmp: hosts are usually written in lower case), then ASCII
+        // case-insensitively.
+        let literal = |form: &str| authority == form || authority.eq_ignore_ascii_case(form);
+        self.https == https
+            && (literal(&self.host_port) || (self.default_port && literal(&self.host)))
+    }
 }
 
 /// The origins that receive credentials. Cheap to clone.
@@ -64,6 +80,13 @@ impl OriginPolicy {
         } else {
             return false;
         };
+        if self
+            .origins
+            .iter()
+            .any(|o| o.matches_literally(https, authority))
+        {
+            return true;
+        }
         let Some((host, port)) = split_authority(authority, https) else {
             return false;
         };
@@ -188,9 +211,12 @@ impl OriginPolicyBuilder {
                     ));
                 }
             };
+            let host = host.to_ascii_lowercase();
             origins.push(Origin {
                 https,
-                host: host.to_ascii_lowercase(),
+                host_port: format!("{host}:{port}"),
+                default_port: port == if https { 443 } else { 80 },
+                host,
                 port,
             });
         }

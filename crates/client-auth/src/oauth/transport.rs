@@ -181,6 +181,27 @@ mod tower_transport {
 
     type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+    /// Connect or timeout when an I/O error in the chain says so (hyper-util wraps the
+    /// connector's `io::Error`); anything else is `Other`.
+    fn kind_of(error: &(dyn std::error::Error + 'static)) -> TransportErrorKind {
+        let mut next = Some(error);
+        while let Some(e) = next {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                use std::io::ErrorKind as K;
+                match io.kind() {
+                    K::ConnectionRefused
+                    | K::AddrNotAvailable
+                    | K::HostUnreachable
+                    | K::NetworkUnreachable => return TransportErrorKind::Connect,
+                    K::TimedOut => return TransportErrorKind::Timeout,
+                    _ => {}
+                }
+            }
+            next = e.source();
+        }
+        TransportErrorKind::Other
+    }
+
     impl<S, ReqB, ResB> TokenTransport for TowerTransport<S, ReqB>
     where
         S: tower_service::Service<http::Request<ReqB>, Response = http::Response<ResB>>
@@ -202,9 +223,7 @@ mod tower_transport {
         ) -> BoxFuture<'static, Result<http::Response<Bytes>, Error>> {
             let mut service = self.service.clone();
             Box::pin(async move {
-                let other = |e: BoxError| {
-                    Error::Transport(TransportError::new(TransportErrorKind::Other, e))
-                };
+                let other = |e: BoxError| Error::Transport(TransportError::new(kind_of(&*e), e));
                 std::future::poll_fn(|cx| service.poll_ready(cx))
                     .await
                     .map_err(|e| other(e.into()))?;
