@@ -456,18 +456,14 @@ impl State {
         headers: &HeaderMap,
         body: &[u8],
     ) -> EndpointReply {
-        if method != http::Method::POST {
-            return EndpointReply::error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "invalid_request",
-                "the token endpoint accepts POST only",
-            );
-        }
-        if let Err(reply) = check_form_content_type(headers) {
-            return reply;
-        }
-        let Some(params) = parse_form(body) else {
-            return EndpointReply::bad_request("invalid_request", "repeated parameter");
+        let params = match form_post(
+            method,
+            headers,
+            body,
+            "the token endpoint accepts POST only",
+        ) {
+            Ok(params) => params,
+            Err(reply) => return reply,
         };
         let grant_type = params.get("grant_type").map(String::as_str);
         {
@@ -569,18 +565,14 @@ impl State {
         headers: &HeaderMap,
         body: &[u8],
     ) -> EndpointReply {
-        if method != http::Method::POST {
-            return EndpointReply::error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "invalid_request",
-                "the revocation endpoint accepts POST only",
-            );
-        }
-        if let Err(reply) = check_form_content_type(headers) {
-            return reply;
-        }
-        let Some(params) = parse_form(body) else {
-            return EndpointReply::bad_request("invalid_request", "repeated parameter");
+        let params = match form_post(
+            method,
+            headers,
+            body,
+            "the revocation endpoint accepts POST only",
+        ) {
+            Ok(params) => params,
+            Err(reply) => return reply,
         };
         let client = match self.authenticate_client(headers, &params) {
             Ok(client) => client,
@@ -758,6 +750,26 @@ impl State {
     pub(crate) fn seen_requests(&self) -> Vec<SeenRequest> {
         self.lock().seen.clone()
     }
+}
+
+/// The shared preamble of the form endpoints: POST only, a form content type, no repeated
+/// parameter.
+fn form_post(
+    method: &http::Method,
+    headers: &HeaderMap,
+    body: &[u8],
+    post_only: &'static str,
+) -> Result<HashMap<String, String>, EndpointReply> {
+    if method != http::Method::POST {
+        return Err(EndpointReply::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+            post_only,
+        ));
+    }
+    check_form_content_type(headers)?;
+    parse_form(body)
+        .ok_or_else(|| EndpointReply::bad_request("invalid_request", "repeated parameter"))
 }
 
 fn check_form_content_type(headers: &HeaderMap) -> Result<(), EndpointReply> {
