@@ -20,18 +20,13 @@ use client_auth::{
     Error, MemoryStore, OAuthProvider, OAuthProviderBuilder, SessionReason, SessionState,
     TowerTransport,
 };
-use client_auth_reqwest::AuthorizationMiddleware;
-use client_auth_reqwest::reqwest_middleware::{self, ClientWithMiddleware};
-use client_auth_tower::{Authorize, AuthorizeLayer};
-use http::StatusCode;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use serde_json::{Value, json};
-use tower::{Layer, Service, ServiceExt};
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+#[path = "support/adapters.rs"]
+mod adapters;
+
+use adapters::{ADAPTERS, Adapter, AuthClient, Outcome, http_client};
 
 // ---- the provider process ------------------------------------------------------------------
 
@@ -290,97 +285,6 @@ struct Counters {
 }
 
 // ---- the two adapters behind one face --------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Adapter {
-    Tower,
-    Reqwest,
-}
-
-const ADAPTERS: [Adapter; 2] = [Adapter::Tower, Adapter::Reqwest];
-
-#[derive(Clone)]
-enum AuthClient {
-    Tower(Authorize<HttpClient, OAuthProvider>),
-    Reqwest(ClientWithMiddleware),
-}
-
-/// How a request through an adapter ended.
-#[derive(Debug)]
-enum Outcome {
-    Status(StatusCode),
-    Auth(Error),
-    Other(#[allow(dead_code, reason = "read through Debug")] String),
-}
-
-impl Outcome {
-    fn is_ok(&self) -> bool {
-        matches!(self, Outcome::Status(s) if *s == StatusCode::OK)
-    }
-}
-
-fn http_client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>()
-}
-
-impl AuthClient {
-    fn new(adapter: Adapter, provider: OAuthProvider, origin: &str) -> AuthClient {
-        match adapter {
-            Adapter::Tower => AuthClient::Tower(
-                AuthorizeLayer::builder(provider)
-                    .allow_origin(origin)
-                    .allow_http(true)
-                    .build()
-                    .unwrap()
-                    .layer(http_client()),
-            ),
-            Adapter::Reqwest => AuthClient::Reqwest(
-                reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-                    .with(
-                        AuthorizationMiddleware::builder(provider)
-                            .allow_origin(origin)
-                            .allow_http(true)
-                            .build()
-                            .unwrap(),
-                    )
-                    .build(),
-            ),
-        }
-    }
-
-    async fn get(&self, url: &str) -> Outcome {
-        match self {
-            AuthClient::Tower(service) => {
-                let request = http::Request::get(url).body(Full::default()).unwrap();
-                let mut service = service.clone();
-                let result = async { service.ready().await?.call(request).await }.await;
-                match result {
-                    Ok(response) => {
-                        let status = response.status();
-                        let _ = response.into_body().collect().await;
-                        Outcome::Status(status)
-                    }
-                    Err(e) => match e.downcast_ref::<Error>() {
-                        Some(auth) => Outcome::Auth(auth.clone()),
-                        None => Outcome::Other(e.to_string()),
-                    },
-                }
-            }
-            AuthClient::Reqwest(client) => match client.get(url).send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    let _ = response.bytes().await;
-                    Outcome::Status(status)
-                }
-                Err(reqwest_middleware::Error::Middleware(e)) => match e.downcast_ref::<Error>() {
-                    Some(auth) => Outcome::Auth(auth.clone()),
-                    None => Outcome::Other(e.to_string()),
-                },
-                Err(e) => Outcome::Other(e.to_string()),
-            },
-        }
-    }
-}
 
 /// A provider builder for `client` at this provider; the tower side asks the token endpoint
 /// through a hyper client (`TowerTransport`), the reqwest side through `ReqwestTransport`.

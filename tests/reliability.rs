@@ -14,150 +14,25 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use client_auth::{
-    AccessToken, ApiKey, AuthorizationProvider, BoxError as CoreBoxError, ClientSecret, Credential,
-    CustomerJwt, CustomerToken, Error, Generation, InvalidResponse, ManualClock, MemoryStore,
-    OAuthProvider, OAuthProviderBuilder, RefreshToken, SecretString, SessionReason, SessionState,
-    StaticToken, StoredTokens, Tokens, TowerTransport,
+    AccessToken, ApiKey, BoxError as CoreBoxError, ClientSecret, Credential, CustomerJwt,
+    CustomerToken, Error, Generation, InvalidResponse, ManualClock, MemoryStore, OAuthProvider,
+    OAuthProviderBuilder, RefreshToken, SecretString, SessionReason, SessionState, StaticToken,
+    StoredTokens, Tokens, TowerTransport,
 };
 use client_auth_reqwest::AuthorizationMiddleware;
-use client_auth_reqwest::reqwest_middleware::{self, ClientWithMiddleware};
+use client_auth_reqwest::reqwest_middleware;
 use client_auth_testkit::{Fault, ServerConfig, TestServer};
-use client_auth_tower::{AuthorizeLayer, BoxError};
+use client_auth_tower::AuthorizeLayer;
 use http::{HeaderValue, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use serde_json::json;
-use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, ServiceBuilder};
 use tower_http::follow_redirect::FollowRedirectLayer;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-type TowerClient = BoxCloneSyncService<http::Request<Full<Bytes>>, http::Response<Bytes>, BoxError>;
+#[path = "support/adapters.rs"]
+mod adapters;
 
-fn http_client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>()
-}
-
-// ---- both adapters behind one face ---------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Adapter {
-    Tower,
-    Reqwest,
-}
-
-const ADAPTERS: [Adapter; 2] = [Adapter::Tower, Adapter::Reqwest];
-
-#[derive(Clone)]
-enum AuthClient {
-    Tower(TowerClient),
-    Reqwest(ClientWithMiddleware),
-}
-
-#[derive(Debug)]
-enum Outcome {
-    Status(StatusCode),
-    Auth(Error),
-    Other(#[allow(dead_code, reason = "read through Debug")] String),
-}
-
-impl Outcome {
-    fn status(&self) -> Option<StatusCode> {
-        match self {
-            Outcome::Status(s) => Some(*s),
-            _ => None,
-        }
-    }
-}
-
-/// Collects a hyper response body so the tower side has one concrete response type.
-async fn collect(
-    response: http::Response<hyper::body::Incoming>,
-) -> Result<http::Response<Bytes>, BoxError> {
-    let (parts, body) = response.into_parts();
-    Ok(http::Response::from_parts(
-        parts,
-        body.collect().await?.to_bytes(),
-    ))
-}
-
-impl AuthClient {
-    /// An adapter sending `provider`'s credentials to `origin` (plain http allowed).
-    fn new<P: AuthorizationProvider + Clone>(adapter: Adapter, provider: P, origin: &str) -> Self {
-        match adapter {
-            Adapter::Tower => {
-                let layer = AuthorizeLayer::builder(provider)
-                    .allow_origin(origin)
-                    .allow_http(true)
-                    .build()
-                    .unwrap();
-                AuthClient::tower(layer.layer(http_client()))
-            }
-            Adapter::Reqwest => AuthClient::Reqwest(
-                reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-                    .with(
-                        AuthorizationMiddleware::builder(provider)
-                            .allow_origin(origin)
-                            .allow_http(true)
-                            .build()
-                            .unwrap(),
-                    )
-                    .build(),
-            ),
-        }
-    }
-
-    fn tower<S>(service: S) -> Self
-    where
-        S: Service<
-                http::Request<Full<Bytes>>,
-                Response = http::Response<hyper::body::Incoming>,
-                Error = BoxError,
-            > + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
-        AuthClient::Tower(BoxCloneSyncService::new(service.and_then(collect)))
-    }
-
-    async fn get(&self, url: &str) -> Outcome {
-        let fut = async {
-            match self {
-                AuthClient::Tower(service) => {
-                    let request = http::Request::get(url).body(Full::default()).unwrap();
-                    match service.clone().oneshot(request).await {
-                        Ok(response) => Outcome::Status(response.status()),
-                        Err(e) => match e.downcast_ref::<Error>() {
-                            Some(auth) => Outcome::Auth(auth.clone()),
-                            None => Outcome::Other(e.to_string()),
-                        },
-                    }
-                }
-                AuthClient::Reqwest(client) => match client.get(url).send().await {
-                    Ok(response) => {
-                        let status = response.status();
-                        let _ = response.bytes().await;
-                        Outcome::Status(status)
-                    }
-                    Err(reqwest_middleware::Error::Middleware(e)) => {
-                        match e.downcast_ref::<Error>() {
-                            Some(auth) => Outcome::Auth(auth.clone()),
-                            None => Outcome::Other(e.to_string()),
-                        }
-                    }
-                    Err(e) => Outcome::Other(e.to_string()),
-                },
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(20), fut)
-            .await
-            .expect("no answer within 20 s")
-    }
-}
+use adapters::{ADAPTERS, Adapter, AuthClient, Outcome, http_client};
 
 // ---- providers -------------------------------------------------------------------------------
 
