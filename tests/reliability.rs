@@ -913,6 +913,7 @@ async fn secrets_never_reach_logs_errors_or_debug() {
         refresh_token: Some(RefreshToken::new(MARKED.refresh_token)),
         expires_at: None,
         scope: None,
+        issued_at: None,
     };
     let memory = MemoryStore::with("ns", stored.clone());
     let tokens = Tokens {

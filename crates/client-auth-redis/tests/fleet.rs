@@ -491,6 +491,7 @@ async fn seed(server: &TestServer, store: &dyn TokenStore, secrets: &mut Secrets
         refresh_token: Some(RefreshToken::new(issued.refresh_token)),
         expires_at: Some(SystemTime::now() + Duration::from_secs(issued.expires_in)),
         scope: None,
+        issued_at: None,
     };
     store.clear(NS).await.unwrap();
     store.save(NS, &tokens).await.unwrap();

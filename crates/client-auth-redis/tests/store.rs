@@ -20,6 +20,7 @@ fn tokens(marker: &str) -> StoredTokens {
         refresh_token: Some(RefreshToken::new(format!("rt-{marker}"))),
         expires_at: SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(1_900_000_000_000)),
         scope: Some("read".to_owned()),
+        issued_at: None,
     }
 }
 

@@ -365,6 +365,7 @@ mod tests {
             // whole milliseconds, the precision the JSON keeps
             expires_at: std::time::UNIX_EPOCH.checked_add(Duration::from_millis(1_900_000_000_000)),
             scope: None,
+            issued_at: None,
         }
     }
 

@@ -59,6 +59,7 @@ mod origin;
 mod provider;
 mod secret;
 mod session;
+mod single_flight;
 mod static_token;
 mod store;
 mod www_authenticate;

@@ -337,6 +337,15 @@ pub trait AuthorizationProvider: Send + Sync + 'static {
     fn can_recover(&self) -> bool {
         true
     }
+
+    /// The server answered a request sent with `credential` with something other than a 401:
+    /// the credential was accepted. Adapters call this for every such response, so it must be
+    /// cheap (no lock, no allocation). The OAuth provider uses it to tell a token the server
+    /// later revoked (refresh at once) from one it never accepted (refresh with a growing
+    /// cooldown). The default does nothing.
+    fn on_accepted(&self, credential: &Credential) {
+        let _ = credential;
+    }
 }
 
 /// Smart pointers to a provider are providers (`&P` is not: it conflicts with `'static`).
@@ -356,6 +365,9 @@ macro_rules! forward_provider {
             }
             fn can_recover(&self) -> bool {
                 (**self).can_recover()
+            }
+            fn on_accepted(&self, credential: &Credential) {
+                (**self).on_accepted(credential)
             }
         }
     )*};

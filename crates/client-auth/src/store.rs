@@ -43,6 +43,11 @@ pub struct StoredTokens {
     pub expires_at: Option<SystemTime>,
     /// The granted scope, if the server said.
     pub scope: Option<String>,
+    /// When the access token was issued (when its token request was sent), as wall-clock time.
+    /// With `expires_at` it gives the token's whole lifetime, from which a process that adopts
+    /// the token computes its refresh windows; `None` when unknown (the remaining lifetime is
+    /// then taken as the whole).
+    pub issued_at: Option<SystemTime>,
 }
 
 /// Version of the JSON encoding written by [`StoredTokens::to_json`].
@@ -59,6 +64,8 @@ struct JsonOut<'a> {
     expires_at_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     scope: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issued_at_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -72,6 +79,8 @@ struct JsonIn {
     expires_at_ms: Option<u64>,
     #[serde(default)]
     scope: Option<String>,
+    #[serde(default)]
+    issued_at_ms: Option<u64>,
 }
 
 impl StoredTokens {
@@ -96,14 +105,9 @@ impl StoredTokens {
             v: JSON_VERSION,
             access_token: self.access_token.as_ref().map(AccessToken::expose_secret),
             refresh_token: self.refresh_token.as_ref().map(RefreshToken::expose_secret),
-            expires_at_ms: self.expires_at.map(|at| {
-                let ms = at
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_millis();
-                u64::try_from(ms).unwrap_or(u64::MAX)
-            }),
+            expires_at_ms: self.expires_at.map(unix_ms),
             scope: self.scope.as_deref(),
+            issued_at_ms: self.issued_at.map(unix_ms),
         };
         // Serialising plain strings and numbers into a `String` cannot fail.
         SecretString::new(serde_json::to_string(&out).unwrap_or_default())
@@ -138,8 +142,19 @@ impl StoredTokens {
                 .expires_at_ms
                 .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms))),
             scope: parsed.scope,
+            issued_at: parsed
+                .issued_at_ms
+                .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms))),
         })
     }
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    let ms = at
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
 /// A lease on the refresh of one namespace, for stores shared between processes.
@@ -149,6 +164,16 @@ impl StoredTokens {
 pub trait RefreshLease: Send + Sync + fmt::Debug {
     /// Gives the lease back.
     fn release(self: Box<Self>) -> BoxFuture<'static, Result<(), StoreError>>;
+
+    /// Extends the lease to `ttl` from now. The provider calls it every third of the ttl while
+    /// the token request it guards runs, so the ttl can be short and a holder that dies costs
+    /// the other processes little. An error means the lease was lost (another process may
+    /// refresh now). The default does nothing: right for leases that the operating system holds
+    /// for as long as the holder lives (a file lock).
+    fn renew(&self, ttl: Duration) -> BoxFuture<'_, Result<(), StoreError>> {
+        let _ = ttl;
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Persistence for tokens.
@@ -171,6 +196,30 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
 
     /// Removes the tokens stored under `namespace`.
     fn clear<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Removes the tokens stored under `namespace` only while they still hold `refresh_token`
+    /// (compare-and-delete), and says whether it removed them. The provider calls it when the
+    /// server rejected `refresh_token` (`invalid_grant`): a newer refresh token that another
+    /// process wrote meanwhile must survive.
+    ///
+    /// The default reads, compares and clears in three steps, which is exact for a store used
+    /// by one process and for callers holding the refresh lease; stores shared between
+    /// processes should do it in one atomic step.
+    fn clear_if_refresh_token<'a>(
+        &'a self,
+        namespace: &'a str,
+        refresh_token: &'a RefreshToken,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            match self.load(namespace).await? {
+                Some(stored) if stored.refresh_token.as_ref() == Some(refresh_token) => {
+                    self.clear(namespace).await?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        })
+    }
 
     /// Takes the refresh lease of `namespace` for at most `ttl`, for stores shared between
     /// processes. `Ok(None)` means the store needs no lease (the default: one process).
@@ -203,6 +252,13 @@ impl<T: TokenStore + ?Sized> TokenStore for std::sync::Arc<T> {
     }
     fn clear<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         (**self).clear(namespace)
+    }
+    fn clear_if_refresh_token<'a>(
+        &'a self,
+        namespace: &'a str,
+        refresh_token: &'a RefreshToken,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        (**self).clear_if_refresh_token(namespace, refresh_token)
     }
     fn lock_refresh<'a>(
         &'a self,
@@ -268,6 +324,21 @@ impl TokenStore for MemoryStore {
         self.lock().remove(namespace);
         Box::pin(async { Ok(()) })
     }
+
+    fn clear_if_refresh_token<'a>(
+        &'a self,
+        namespace: &'a str,
+        refresh_token: &'a RefreshToken,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let mut entries = self.lock();
+        let holds = entries
+            .get(namespace)
+            .is_some_and(|t| t.refresh_token.as_ref() == Some(refresh_token));
+        if holds {
+            entries.remove(namespace);
+        }
+        Box::pin(async move { Ok(holds) })
+    }
 }
 
 #[cfg(test)]
@@ -281,6 +352,7 @@ mod tests {
             refresh_token: Some(RefreshToken::new("rt-MARKER")),
             expires_at: UNIX_EPOCH.checked_add(Duration::from_millis(1_700_000_000_123)),
             scope: Some("read write".to_owned()),
+            issued_at: UNIX_EPOCH.checked_add(Duration::from_millis(1_699_999_000_456)),
         };
         let json = tokens.to_json();
         assert!(!format!("{json:?}").contains("MARKER"));

@@ -39,6 +39,7 @@ async fn providers_sharing_a_file_store_refresh_a_rotating_token_once() {
                 refresh_token: Some(RefreshToken::new(grant.refresh_token.as_str())),
                 expires_at: Some(SystemTime::now() + Duration::from_secs(100)),
                 scope: None,
+                issued_at: None,
             },
         )
         .await

@@ -607,6 +607,7 @@ async fn a_valid_access_token_found_in_the_store_is_served_without_a_refresh() {
             refresh_token: Some(RefreshToken::new(grant.refresh_token.as_str())),
             expires_at: Some(std::time::SystemTime::now() + Duration::from_secs(1800)),
             scope: None,
+            issued_at: None,
         },
     ));
     let provider = builder(&server, &clock).store(store, NS).build().unwrap();

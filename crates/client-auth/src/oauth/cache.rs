@@ -446,6 +446,7 @@ impl Engine {
             refresh_token: refresh_token.clone(),
             expires_at: lifetime.and_then(|l| sent_unix.checked_add(l)),
             scope: cached.scope.clone(),
+            issued_at: Some(sent_unix),
         };
         self.save(&stored, rotated).await;
         Ok(Refreshed {
@@ -718,6 +719,7 @@ impl Engine {
             refresh_token: tokens.refresh_token.clone(),
             expires_at: lifetime.and_then(|l| self.clock.unix_now().checked_add(l)),
             scope: None,
+            issued_at: None,
         };
         let saved = self.save(&stored, false).await;
         {

@@ -1,0 +1,254 @@
+//! One operation in flight per cache, run on its own task: the primitive behind the OAuth token
+//! cache and the customer-token cache.
+//!
+//! [`SingleFlight::start`] spawns the operation on the current tokio runtime and hands it a
+//! [`Completion`]; everyone who asks meanwhile gets a [`Waiter`] on the same outcome. The
+//! operation is owned by its task, never by the request that started it, so dropping that
+//! request changes nothing. The `Completion` exists before the task is spawned: if the task is
+//! dropped unpolled (its runtime shut down), dropping the `Completion` frees the slot and the
+//! waiters see [`Error::RefreshAborted`], so the next caller can start again.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::watch;
+
+use crate::error::Error;
+
+/// At most one operation in flight; its outcome shared by every waiter.
+pub(crate) struct SingleFlight<T> {
+    inner: Arc<Inner<T>>,
+}
+
+struct Inner<T> {
+    slot: Mutex<Option<Slot<T>>>,
+    running: AtomicBool,
+    next_id: AtomicU64,
+}
+
+struct Slot<T> {
+    id: u64,
+    rx: watch::Receiver<Option<T>>,
+}
+
+impl<T> fmt::Debug for SingleFlight<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SingleFlight")
+            .field("running", &self.inner.running.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl<T> Default for SingleFlight<T> {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                slot: Mutex::new(None),
+                running: AtomicBool::new(false),
+                next_id: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+impl<T> Inner<T> {
+    fn lock(&self) -> MutexGuard<'_, Option<Slot<T>>> {
+        // Every critical section is a single assignment or clone: a poisoned lock is consistent.
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn release(&self, id: u64) {
+        let mut slot = self.lock();
+        if slot.as_ref().is_some_and(|s| s.id == id) {
+            *slot = None;
+            self.running.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
+    /// Whether an operation is in flight (lock-free; a hint for hot paths).
+    pub(crate) fn is_running(&self) -> bool {
+        self.inner.running.load(Ordering::Acquire)
+    }
+
+    /// A waiter on the operation in flight, if there is one.
+    pub(crate) fn current(&self) -> Option<Waiter<T>> {
+        self.inner.lock().as_ref().map(|s| Waiter { rx: s.rx.clone() })
+    }
+
+    /// Joins the operation in flight, or spawns `operation` on the current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoRuntime`] when nothing is in flight and no runtime runs on this thread;
+    /// nothing was started then.
+    pub(crate) fn join_or_start<F>(
+        &self,
+        operation: impl FnOnce(Completion<T>) -> F,
+    ) -> Result<Waiter<T>, Error>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let (waiter, completion) = {
+            let mut slot = self.inner.lock();
+            if let Some(s) = slot.as_ref() {
+                return Ok(Waiter { rx: s.rx.clone() });
+            }
+            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = watch::channel(None);
+            *slot = Some(Slot {
+                id,
+                rx: rx.clone(),
+            });
+            self.inner.running.store(true, Ordering::Release);
+            let completion = Completion {
+                tx: Some(tx),
+                inner: Arc::clone(&self.inner),
+                id,
+            };
+            (Waiter { rx }, completion)
+        };
+        // Spawned outside the slot lock: a runtime that is shutting down drops the task at
+        // once, and the completion's drop takes that lock to free the slot.
+        handle.spawn(operation(completion));
+        Ok(waiter)
+    }
+}
+
+/// Handed to the operation: publishes its outcome and frees the slot. Dropped without
+/// [`complete`](Self::complete), it frees the slot and the waiters see
+/// [`Error::RefreshAborted`].
+pub(crate) struct Completion<T> {
+    tx: Option<watch::Sender<Option<T>>>,
+    inner: Arc<Inner<T>>,
+    id: u64,
+}
+
+impl<T> fmt::Debug for Completion<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Completion").field("id", &self.id).finish()
+    }
+}
+
+impl<T> Completion<T> {
+    /// Frees the slot so that the next caller starts a new operation, without publishing yet
+    /// (idempotent). Callers that must make "outcome visible" and "slot free" one step do this
+    /// under their own lock, then [`complete`](Self::complete).
+    pub(crate) fn release_slot(&self) {
+        self.inner.release(self.id);
+    }
+
+    /// Frees the slot (if still held) and hands `value` to every waiter.
+    pub(crate) fn complete(mut self, value: T) {
+        self.release_slot();
+        if let Some(tx) = self.tx.take() {
+            // No receiver left is fine: nobody was waiting.
+            let _ = tx.send(Some(value));
+        }
+    }
+}
+
+impl<T> Drop for Completion<T> {
+    fn drop(&mut self) {
+        if self.tx.is_some() {
+            self.inner.release(self.id);
+        }
+    }
+}
+
+/// Waits for one operation's outcome.
+pub(crate) struct Waiter<T> {
+    rx: watch::Receiver<Option<T>>,
+}
+
+impl<T> fmt::Debug for Waiter<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waiter").finish_non_exhaustive()
+    }
+}
+
+impl<T: Clone> Waiter<T> {
+    /// The outcome, or [`Error::RefreshAborted`] if the operation was dropped first.
+    pub(crate) async fn wait(mut self) -> Result<T, Error> {
+        match self.rx.wait_for(Option::is_some).await {
+            Ok(value) => value.clone().ok_or(Error::RefreshAborted),
+            Err(_) => Err(Error::RefreshAborted),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[tokio::test]
+    async fn callers_share_one_operation_and_its_outcome() {
+        let flight = SingleFlight::<u32>::default();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let first = {
+            let calls = Arc::clone(&calls);
+            flight
+                .join_or_start(move |done| async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let _ = go_rx.await;
+                    done.complete(7);
+                })
+                .unwrap()
+        };
+        let second = flight
+            .join_or_start(|_done| async { panic!("a second operation must not start") })
+            .unwrap();
+        assert!(flight.is_running());
+        go_tx.send(()).unwrap();
+        assert_eq!(first.wait().await.unwrap(), 7);
+        assert_eq!(second.wait().await.unwrap(), 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(!flight.is_running());
+        assert!(flight.current().is_none());
+    }
+
+    #[test]
+    fn a_task_dropped_before_its_first_poll_frees_the_slot() {
+        let flight = SingleFlight::<u32>::default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let handle = runtime.handle().clone();
+        drop(runtime);
+        // Spawning on a runtime that has shut down drops the task unpolled.
+        let _enter = handle.enter();
+        let waiter = flight
+            .join_or_start(|done| async move { done.complete(1) })
+            .unwrap();
+        assert!(!flight.is_running(), "the slot must be free again");
+        let healthy = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(matches!(
+            healthy.block_on(waiter.wait()),
+            Err(Error::RefreshAborted)
+        ));
+        let again = healthy.block_on(async {
+            flight
+                .join_or_start(|done| async move { done.complete(2) })
+                .unwrap()
+                .wait()
+                .await
+        });
+        assert_eq!(again.unwrap(), 2);
+    }
+
+    #[test]
+    fn no_runtime_is_a_typed_error_and_starts_nothing() {
+        let flight = SingleFlight::<u32>::default();
+        let got = flight.join_or_start(|done| async move { done.complete(1) });
+        assert!(matches!(got, Err(Error::NoRuntime)));
+        assert!(!flight.is_running());
+    }
+}
