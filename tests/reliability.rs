@@ -920,6 +920,7 @@ async fn secrets_never_reach_logs_errors_or_debug() {
         access_token: Some(AccessToken::new(MARKED.access_token)),
         refresh_token: Some(RefreshToken::new(MARKED.refresh_token)),
         expires_in: None,
+        lifetime: None,
     };
     let builder = OAuthProvider::refresh_token_grant("http://127.0.0.1:9/token")
         .client_id("test-client")

@@ -327,6 +327,7 @@ async fn invalid_grant_clears_the_store_ends_the_session_and_later_calls_fail_wi
             access_token: Some(AccessToken::new(again.access_token.as_str())),
             refresh_token: Some(RefreshToken::new(again.refresh_token.as_str())),
             expires_in: Some(Duration::from_secs(3600)),
+            lifetime: None,
         })
         .await
         .unwrap();

@@ -1,28 +1,37 @@
 //! The token cache: lock-free reads, exactly one refresh in flight, stale-while-refresh,
 //! cancellation-safe refreshes on a spawned task, generation-checked 401 handling, backoff.
 //!
-//! Reads go through an `ArcSwapOption` and never lock while a fresh token exists. Everything
-//! that decides whether to refresh takes the `state` mutex briefly (never across an `.await`).
-//! A refresh runs on its own tokio task and publishes its outcome on a `watch` channel that
-//! every waiter holds, so dropping the request that started it changes nothing.
+//! Reads go through an `ArcSwapOption` and never lock while a usable token exists, whatever
+//! the state (backing off included). Everything that decides whether to refresh takes the
+//! `state` mutex briefly (never across an `.await`). A refresh runs on its own task through the
+//! crate's single-flight primitive, so dropping the request that started it changes nothing.
+//!
+//! Session operations (`logout`, `clear`, `set_tokens`) bump an epoch. A refresh that started
+//! under an older epoch writes nothing: its store write happens under the `write_gate` after an
+//! epoch check, and a session operation takes the same gate for its own store write, so the
+//! store always ends with what the last session operation or a refresh of the current session
+//! wrote. The superseded refresh's waiters join the new session's state.
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use tokio::sync::watch;
 use tracing::Instrument as _;
 
-use super::response::{GrantKind, parse_token_response};
+use super::response::{GrantKind, MAX_LIFETIME, parse_token_response, rotated_refresh_token};
 use super::{Config, TokenTransport, Tokens};
 use crate::clock::Clock;
-use crate::error::{Error, SessionEnd, TransportError};
+use crate::error::{Error, SessionEnd, StoreError, TransportError};
 use crate::provider::{AuthorizeFuture, Credential, Generation, Unauthorized, UnauthorizedFuture};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::session::{SessionReason, SessionState, SessionWatch};
-use crate::store::{StoredTokens, TokenStore};
+use crate::single_flight::{Completion, SingleFlight, Waiter};
+use crate::store::{RefreshLease, StoredTokens, TokenStore};
 use crate::www_authenticate::refresh_may_help;
 
 /// A published access token with its decision points.
@@ -35,6 +44,8 @@ pub(crate) struct Cached {
     /// From here on, treat as expired (hard window).
     stale_at: Option<Instant>,
     scope: Option<String>,
+    /// Set the first time a response other than 401 came back for this token.
+    accepted: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +67,14 @@ impl Cached {
     }
 }
 
-type Outcome = Option<Result<Arc<Cached>, Error>>;
+/// When a token expires: its whole lifetime (for the windows) and its deadline.
+#[derive(Debug, Clone, Copy)]
+struct Expiry {
+    lifetime: Duration,
+    at: Instant,
+}
+
+type Outcome = Result<Arc<Cached>, Error>;
 
 /// What a caller needs before it may skip a refresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +89,7 @@ enum Need {
 
 enum Join<T = Arc<Cached>> {
     Current(T),
-    Wait(watch::Receiver<Outcome>),
+    Wait(Waiter<Outcome>),
 }
 
 #[derive(Debug, Default)]
@@ -81,13 +99,15 @@ struct State {
     loaded: bool,
     /// Set when there is no session: every caller gets this error without network.
     ended: Option<Error>,
-    in_flight: Option<watch::Receiver<Outcome>>,
     /// Until when failed refreshes are not retried, and the error callers get meanwhile.
     backoff: Option<(Instant, Error)>,
     failures: u32,
-    /// When a 401 last forced a refresh (cooldown).
-    last_forced: Option<Instant>,
-    /// Bumped when tokens are set or cleared by hand, so an older refresh does not overwrite.
+    /// Consecutive answers with a lifetime under the floor.
+    short_lived: u32,
+    /// 401s for never-accepted tokens refresh only after this instant.
+    cooldown_until: Option<Instant>,
+    cooldown_step: u32,
+    /// Bumped by every session operation; a refresh from an older epoch publishes nothing.
     epoch: u64,
 }
 
@@ -99,15 +119,47 @@ pub(crate) struct Engine {
     clock: Arc<dyn Clock>,
     current: ArcSwapOption<Cached>,
     state: Mutex<State>,
-    refreshing: AtomicBool,
+    flight: SingleFlight<Outcome>,
+    /// Serialises store writes of refreshes with those of session operations.
+    write_gate: tokio::sync::Mutex<()>,
+    /// While backing off, no refresh-ahead before this point (nanoseconds after `base`), so the
+    /// hot path in the soft window stays lock-free.
+    ahead_not_before: AtomicU64,
+    base: Instant,
     pub(crate) session: SessionWatch,
     generation: AtomicU64,
 }
 
+/// Tokens a refresh got, from the token endpoint or from the store.
 struct Refreshed {
     cached: Arc<Cached>,
     refresh_token: Option<RefreshToken>,
     reason: SessionReason,
+    /// What to write to the store (`None` when the tokens came from it).
+    stored: Option<StoredTokens>,
+    short_lived: bool,
+}
+
+/// A failed refresh, with a rotated refresh token its answer carried, if any.
+struct Failed {
+    error: Error,
+    rotated: Option<RefreshToken>,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            rotated: None,
+        }
+    }
+}
+
+/// Tokens handed to `set_tokens` after validation.
+struct Handed {
+    cached: Option<Arc<Cached>>,
+    stored: StoredTokens,
+    refresh_token: Option<RefreshToken>,
 }
 
 impl Engine {
@@ -120,6 +172,7 @@ impl Engine {
         access_token: Option<(AccessToken, Option<Duration>)>,
     ) -> Result<Self, Error> {
         let handed_in = refresh_token.is_some() || access_token.is_some();
+        let base = clock.now();
         let engine = Self {
             config,
             transport,
@@ -131,7 +184,10 @@ impl Engine {
                 loaded: handed_in,
                 ..State::default()
             }),
-            refreshing: AtomicBool::new(false),
+            flight: SingleFlight::default(),
+            write_gate: tokio::sync::Mutex::new(()),
+            ahead_not_before: AtomicU64::new(0),
+            base,
             session: SessionWatch::new(if handed_in {
                 SessionState::Authenticated(SessionReason::Authenticated)
             } else {
@@ -141,12 +197,8 @@ impl Engine {
         };
         if let Some((token, expires_in)) = access_token {
             let now = engine.clock.now();
-            let cached = engine.make_cached(
-                token,
-                expires_in.or(engine.config.assume_lifetime),
-                now,
-                None,
-            )?;
+            let expiry = engine.expiry_from_now(expires_in, None, now);
+            let cached = engine.make_cached(token, expiry, None)?;
             engine.current.store(Some(cached));
         }
         Ok(engine)
@@ -162,27 +214,50 @@ impl Engine {
         self.session.get()
     }
 
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The expiry of a token with `remaining` time left from `now`, whose whole lifetime was
+    /// `lifetime` (when known; otherwise the remaining time is taken as the whole). Both are
+    /// capped like a network answer's.
+    fn expiry_from_now(
+        &self,
+        remaining: Option<Duration>,
+        lifetime: Option<Duration>,
+        now: Instant,
+    ) -> Option<Expiry> {
+        let remaining = remaining.or(self.config.assume_lifetime)?.min(MAX_LIFETIME);
+        let lifetime = lifetime
+            .filter(|l| *l >= remaining)
+            .unwrap_or(remaining)
+            .min(MAX_LIFETIME);
+        Some(Expiry {
+            lifetime,
+            at: now.checked_add(remaining)?,
+        })
+    }
+
     fn make_cached(
         &self,
         token: AccessToken,
-        lifetime: Option<Duration>,
-        sent_at: Instant,
+        expiry: Option<Expiry>,
         scope: Option<String>,
     ) -> Result<Arc<Cached>, Error> {
         let raw = zeroize::Zeroizing::new(format!("Bearer {}", token.expose_secret()));
         let value = HeaderValue::from_str(&raw).map_err(|_| Error::InvalidHeaderValue)?;
         let generation = Generation::new(self.generation.fetch_add(1, Ordering::Relaxed) + 1);
-        let (refresh_at, stale_at) = match lifetime.and_then(|l| Some((l, sent_at.checked_add(l)?)))
-        {
+        let (refresh_at, stale_at) = match expiry {
             None => (None, None),
-            Some((lifetime, expires)) => {
+            Some(Expiry { lifetime, at }) => {
                 let w = &self.config.windows;
                 let (soft, hard) = w.for_lifetime(lifetime);
                 let jitter = soft
                     .saturating_sub(hard)
                     .mul_f64(fastrand::f64() * w.jitter);
-                let at = |before: Duration| expires.checked_sub(before).unwrap_or(sent_at);
-                (Some(at(soft) + jitter), Some(at(hard)))
+                let before = |d: Duration| at.checked_sub(d).unwrap_or(at);
+                let refresh_at = before(soft.saturating_sub(jitter));
+                (Some(refresh_at), Some(before(hard)))
             }
         };
         Ok(Arc::new(Cached {
@@ -191,6 +266,7 @@ impl Engine {
             refresh_at,
             stale_at,
             scope,
+            accepted: AtomicBool::new(false),
         }))
     }
 
@@ -198,11 +274,9 @@ impl Engine {
     pub(crate) fn authorize(self: &Arc<Self>, force: bool) -> AuthorizeFuture {
         match self.get(force, |cached| cached.credential.clone()) {
             Ok(Join::Current(credential)) => AuthorizeFuture::ready(Ok(credential)),
-            Ok(Join::Wait(rx)) => {
-                AuthorizeFuture::pending(
-                    async move { wait(rx).await.map(|c| c.credential.clone()) },
-                )
-            }
+            Ok(Join::Wait(waiter)) => AuthorizeFuture::pending(async move {
+                waiter.wait().await?.map(|c| c.credential.clone())
+            }),
             Err(e) => AuthorizeFuture::ready(Err(e)),
         }
     }
@@ -211,7 +285,17 @@ impl Engine {
     pub(crate) async fn current_token(self: &Arc<Self>, force: bool) -> Result<AccessToken, Error> {
         match self.get(force, |cached| cached.token.clone())? {
             Join::Current(token) => Ok(token),
-            Join::Wait(rx) => Ok(wait(rx).await?.token.clone()),
+            Join::Wait(waiter) => Ok(waiter.wait().await??.token.clone()),
+        }
+    }
+
+    /// Marks the token behind `credential` as accepted by the server: no lock, no allocation.
+    pub(crate) fn accepted(&self, credential: &Credential) {
+        if let Some(cached) = &*self.current.load()
+            && cached.credential.generation() == credential.generation()
+            && !cached.accepted.load(Ordering::Relaxed)
+        {
+            cached.accepted.store(true, Ordering::Relaxed);
         }
     }
 
@@ -236,14 +320,17 @@ impl Engine {
         Ok(
             match self.join(if force { Need::New } else { Need::Usable }, now)? {
                 Join::Current(cached) => Join::Current(pick(&cached)),
-                Join::Wait(rx) => Join::Wait(rx),
+                Join::Wait(waiter) => Join::Wait(waiter),
             },
         )
     }
 
-    /// Inside the soft window: make sure one background refresh runs; never wait.
+    /// Inside the soft window: make sure one background refresh runs; never wait. Lock-free
+    /// while a refresh runs or while backing off.
     fn refresh_ahead(self: &Arc<Self>, now: Instant) {
-        if self.refreshing.load(Ordering::Acquire) {
+        if self.flight.is_running()
+            || self.nanos(now) < self.ahead_not_before.load(Ordering::Relaxed)
+        {
             return;
         }
         match self.join(Need::Fresh, now) {
@@ -261,17 +348,18 @@ impl Engine {
         if let Some(e) = &st.ended {
             return Err(e.clone());
         }
-        if let Some(rx) = &st.in_flight {
-            return Ok(Join::Wait(rx.clone()));
+        if let Some(waiter) = self.flight.current() {
+            return Ok(Join::Wait(waiter));
         }
-        if let Some(cached) = self.current.load_full() {
+        let current = self.current.load_full();
+        if let Some(cached) = &current {
             let enough = match need {
                 Need::Usable => cached.freshness(now) != Freshness::Stale,
                 Need::Fresh => cached.freshness(now) == Freshness::Fresh,
                 Need::New => false,
             };
             if enough {
-                return Ok(Join::Current(cached));
+                return Ok(Join::Current(Arc::clone(cached)));
             }
         }
         if let Some((until, error)) = &st.backoff
@@ -279,28 +367,28 @@ impl Engine {
         {
             return Err(error.clone());
         }
-        self.start_locked(&mut st).map(Join::Wait)
+        self.start(&mut st, current).map(Join::Wait)
     }
 
-    /// Spawns the one refresh. Called with the state lock held and nothing in flight.
-    fn start_locked(self: &Arc<Self>, st: &mut State) -> Result<watch::Receiver<Outcome>, Error> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        let (tx, rx) = watch::channel(None);
-        st.in_flight = Some(rx.clone());
-        self.refreshing.store(true, Ordering::Release);
+    /// Starts the one refresh, replacing `known` (the token it must not adopt back from the
+    /// store). Called with the state lock held and nothing in flight.
+    fn start(
+        self: &Arc<Self>,
+        st: &mut State,
+        known: Option<Arc<Cached>>,
+    ) -> Result<Waiter<Outcome>, Error> {
         let epoch = st.epoch;
         let engine = Arc::clone(self);
-        handle.spawn(async move { engine.run_refresh(tx, epoch).await });
-        Ok(rx)
+        self.flight
+            .join_or_start(move |done| engine.run_refresh(done, epoch, known))
     }
 
-    async fn run_refresh(self: Arc<Self>, tx: watch::Sender<Outcome>, epoch: u64) {
-        // If this task is dropped half-way (its runtime shut down), waiters see the channel
-        // close (`RefreshAborted`) and the next caller may start a new refresh.
-        let mut guard = InFlightGuard {
-            engine: &self,
-            armed: true,
-        };
+    async fn run_refresh(
+        self: Arc<Self>,
+        done: Completion<Outcome>,
+        epoch: u64,
+        known: Option<Arc<Cached>>,
+    ) {
         let grant = match self.config.grant {
             GrantKind::RefreshToken => "refresh_token",
             GrantKind::ClientCredentials => "client_credentials",
@@ -315,10 +403,23 @@ impl Engine {
             generation = tracing::field::Empty,
         );
         let started = self.clock.now();
-        let result = self.refresh_once().instrument(span.clone()).await;
-        let outcome = self.finish(result, epoch).instrument(span.clone()).await;
+        let outcome = match self
+            .refresh(epoch, known.as_deref(), &done)
+            .instrument(span.clone())
+            .await
+        {
+            Some(outcome) => outcome,
+            None => {
+                // A session operation superseded this refresh: its waiters join the new state.
+                tracing::debug!(parent: &span, "refresh superseded by a session operation");
+                self.follow().await
+            }
+        };
         let elapsed = self.clock.now().saturating_duration_since(started);
-        span.record("duration_ms", elapsed.as_millis() as u64);
+        span.record(
+            "duration_ms",
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        );
         match &outcome {
             Ok(cached) => {
                 span.record("outcome", "ok");
@@ -328,96 +429,281 @@ impl Engine {
                 span.record("outcome", tracing::field::display(e));
             }
         }
-        guard.armed = false;
-        let _ = tx.send(Some(outcome));
+        done.complete(outcome);
     }
 
-    /// One refresh: read the store the first time, take the store's lease, call the token
-    /// endpoint, write the store. Publishes nothing.
-    async fn refresh_once(&self) -> Result<Refreshed, Error> {
+    /// The state after a session operation: its token, its refresh, or its error.
+    async fn follow(self: &Arc<Self>) -> Outcome {
+        match self.join(Need::Usable, self.clock.now())? {
+            Join::Current(cached) => Ok(cached),
+            Join::Wait(waiter) => waiter.wait().await?,
+        }
+    }
+
+    /// One refresh: read the store the first time, take the store's lease, adopt what another
+    /// process wrote or call the token endpoint, write the store, publish. `None` when a session
+    /// operation superseded it (nothing was written or published).
+    async fn refresh(
+        &self,
+        epoch: u64,
+        known: Option<&Cached>,
+        done: &Completion<Outcome>,
+    ) -> Option<Outcome> {
         let ns = self.config.namespace.as_str();
         let (loaded, mut refresh_token) = {
             let st = self.lock();
             (st.loaded, st.refresh_token.clone())
         };
         if !loaded {
-            let stored = self.store.load(ns).await.map_err(Error::Store)?;
-            if let Some(stored) = stored {
-                if let Some(found) = self.adopt(&stored, SessionReason::FoundToken)? {
-                    return Ok(found);
+            match self.store_op("read", self.store.load(ns)).await {
+                Ok(Some(stored)) => {
+                    if let Some(found) = self.adopt(&stored, known, SessionReason::FoundToken) {
+                        return self.publish(epoch, Ok(found), done);
+                    }
+                    if stored.refresh_token.is_some() {
+                        refresh_token = stored.refresh_token;
+                    }
                 }
-                refresh_token = stored.refresh_token;
+                Ok(None) => {}
+                Err(e) if refresh_token.is_some() => {
+                    tracing::warn!(error = %e, "token store unreadable; refreshing with the refresh token in memory");
+                }
+                Err(e) => return self.publish(epoch, Err(e.into()), done),
             }
-            let mut st = self.lock();
-            st.loaded = true;
-            st.refresh_token.clone_from(&refresh_token);
+            {
+                let mut st = self.lock();
+                if st.epoch != epoch {
+                    done.release_slot();
+                    return None;
+                }
+                st.loaded = true;
+                st.refresh_token.clone_from(&refresh_token);
+            }
             if refresh_token.is_none() && self.config.grant == GrantKind::RefreshToken {
-                return Err(Error::NoSession {
+                let no_token = Error::NoSession {
                     reason: SessionReason::NoToken,
-                });
+                };
+                return self.publish(epoch, Err(no_token.into()), done);
             }
         }
 
-        let lease = self
-            .store
-            .lock_refresh(ns, self.config.timeout.saturating_mul(3))
+        let ttl = self.config.lease_ttl;
+        let lease_wait = self
+            .config
+            .store_timeout
+            .saturating_add(self.config.timeout)
+            .saturating_add(ttl);
+        let lease = match self
+            .bounded(lease_wait, "lease", self.store.lock_refresh(ns, ttl))
             .await
-            .map_err(Error::Store)?;
-        let result = async {
-            if lease.is_some() {
-                // Another process may have refreshed while this one waited for the lease.
-                if let Some(stored) = self.store.load(ns).await.map_err(Error::Store)?
-                    && stored.refresh_token != refresh_token
-                {
-                    if let Some(theirs) = self.adopt(&stored, SessionReason::Refreshed)? {
-                        return Ok(theirs);
-                    }
-                    refresh_token = stored.refresh_token;
-                }
-            }
-            self.exchange(refresh_token).await
-        }
-        .await;
+        {
+            Ok(lease) => lease,
+            Err(e) => return self.publish(epoch, Err(e.into()), done),
+        };
+        let reread = lease.is_some();
+        let result = self
+            .renewing(lease.as_deref(), self.obtain(known, refresh_token, reread))
+            .await;
+        let outcome = self.commit(epoch, result, done).await;
         if let Some(lease) = lease
-            && let Err(e) = lease.release().await
+            && let Err(e) = self.store_op("release", lease.release()).await
         {
             tracing::warn!(error = %e, "could not release the refresh lease");
         }
-        result
+        outcome
     }
 
-    /// Uses stored tokens when their access token is still usable.
+    /// Under the lease: adopt what another process wrote, or exchange. When the server
+    /// rejects the refresh token and the store holds a newer one (another process rotated it
+    /// meanwhile), that one is tried instead: at most two exchanges.
+    ///
+    /// `reread`: read the store first (under a lease another process may have refreshed while
+    /// this one waited for it).
+    async fn obtain(
+        &self,
+        known: Option<&Cached>,
+        mut refresh_token: Option<RefreshToken>,
+        mut reread: bool,
+    ) -> Result<Refreshed, (Failed, Option<RefreshToken>)> {
+        let ns = self.config.namespace.as_str();
+        let mut tried_newer = false;
+        loop {
+            let stored = if reread {
+                self.store_op("read", self.store.load(ns)).await
+            } else {
+                Ok(None)
+            };
+            match stored {
+                Ok(Some(stored)) => {
+                    if let Some(theirs) = self.adopt(&stored, known, SessionReason::Refreshed) {
+                        return Ok(theirs);
+                    }
+                    if stored.refresh_token.is_some() {
+                        refresh_token = stored.refresh_token;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "token store unreadable; refreshing with the refresh token in memory");
+                }
+            }
+            match self.exchange(refresh_token.clone()).await {
+                Ok(refreshed) => return Ok(refreshed),
+                Err(failed)
+                    if failed.error.is_session_ended()
+                        && !tried_newer
+                        && refresh_token.is_some() =>
+                {
+                    // Another process may have rotated the token after our read.
+                    let newer = match self.store_op("read", self.store.load(ns)).await {
+                        Ok(Some(stored)) => stored
+                            .refresh_token
+                            .filter(|rt| Some(rt) != refresh_token.as_ref()),
+                        _ => None,
+                    };
+                    if newer.is_none() {
+                        return Err((failed, refresh_token));
+                    }
+                    tracing::debug!("refresh token rejected; another process stored a newer one");
+                    tried_newer = true;
+                    reread = true;
+                }
+                Err(failed) => return Err((failed, refresh_token)),
+            }
+        }
+    }
+
+    /// Writes the store for a refresh of the current session, under the write gate: nothing is
+    /// written once a session operation has superseded the refresh.
+    async fn commit(
+        &self,
+        epoch: u64,
+        result: Result<Refreshed, (Failed, Option<RefreshToken>)>,
+        done: &Completion<Outcome>,
+    ) -> Option<Outcome> {
+        let _gate = self.write_gate.lock().await;
+        if self.lock().epoch != epoch {
+            done.release_slot();
+            return None;
+        }
+        let ns = self.config.namespace.as_str();
+        match result {
+            Ok(refreshed) => {
+                if let Some(stored) = &refreshed.stored {
+                    // A failed write is logged; the tokens are still used from memory.
+                    let _ = self.save(stored, stored.refresh_token.is_some()).await;
+                }
+                self.publish(epoch, Ok(refreshed), done)
+            }
+            Err((failed, used)) if failed.error.is_session_ended() => {
+                // Clear the store before publishing, so no other process or restart picks the
+                // dead refresh token up again; a newer one another process wrote survives.
+                if let Some(used) = &used {
+                    match self
+                        .store_op("clear", self.store.clear_if_refresh_token(ns, used))
+                        .await
+                    {
+                        Ok(true) => {}
+                        Ok(false) => tracing::debug!(
+                            "the store holds another refresh token; it is kept for its owner"
+                        ),
+                        Err(e) => tracing::error!(error = %e, "could not clear the token store"),
+                    }
+                }
+                self.publish(epoch, Err(failed), done)
+            }
+            Err((failed, _)) => {
+                if let Some(rotated) = &failed.rotated {
+                    let stored = StoredTokens {
+                        refresh_token: Some(rotated.clone()),
+                        ..StoredTokens::default()
+                    };
+                    tracing::warn!(
+                        "the token answer was unusable but rotated the refresh token; it is kept"
+                    );
+                    let _ = self.save(&stored, true).await;
+                }
+                self.publish(epoch, Err(failed), done)
+            }
+        }
+    }
+
+    /// Runs `work` while renewing `lease` every third of its ttl (real time: the lease lives in
+    /// the store's time, not in the injected clock's).
+    async fn renewing<T>(
+        &self,
+        lease: Option<&dyn RefreshLease>,
+        work: impl Future<Output = T>,
+    ) -> T {
+        let Some(lease) = lease else {
+            return work.await;
+        };
+        let ttl = self.config.lease_ttl;
+        let period = (ttl / 3).max(Duration::from_millis(10));
+        let renew = async {
+            loop {
+                tokio::time::sleep(period).await;
+                if let Err(e) = self.store_op("renew", lease.renew(ttl)).await {
+                    tracing::warn!(error = %e, "could not renew the refresh lease");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let mut work = pin!(work);
+        let mut renew = pin!(renew);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = work.as_mut().poll(cx) {
+                return Poll::Ready(out);
+            }
+            let _ = renew.as_mut().poll(cx);
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Stored tokens, when their access token is usable and is not the one being replaced.
     fn adopt(
         &self,
         stored: &StoredTokens,
+        known: Option<&Cached>,
         reason: SessionReason,
-    ) -> Result<Option<Refreshed>, Error> {
-        let Some(token) = &stored.access_token else {
-            return Ok(None);
-        };
-        let now = self.clock.now();
-        let lifetime = match stored.expires_at {
-            Some(at) => match at.duration_since(self.clock.unix_now()) {
-                Ok(left) => Some(left),
-                Err(_) => return Ok(None),
-            },
-            None => self.config.assume_lifetime,
-        };
-        let cached = self.make_cached(token.clone(), lifetime, now, stored.scope.clone())?;
-        if cached.freshness(now) == Freshness::Stale {
-            return Ok(None);
+    ) -> Option<Refreshed> {
+        let token = stored.access_token.as_ref()?;
+        if known.is_some_and(|k| k.token == *token) {
+            return None;
         }
-        Ok(Some(Refreshed {
+        let now = self.clock.now();
+        let expiry = match stored.expires_at {
+            Some(at) => {
+                let remaining = at.duration_since(self.clock.unix_now()).ok()?;
+                let lifetime = stored.issued_at.and_then(|i| at.duration_since(i).ok());
+                Some(self.expiry_from_now(Some(remaining), lifetime, now)?)
+            }
+            None => self.expiry_from_now(None, None, now),
+        };
+        let cached = match self.make_cached(token.clone(), expiry, stored.scope.clone()) {
+            Ok(cached) => cached,
+            Err(e) => {
+                tracing::warn!(error = %e, "the stored access token is unusable; refreshing");
+                return None;
+            }
+        };
+        if cached.freshness(now) == Freshness::Stale {
+            return None;
+        }
+        Some(Refreshed {
             cached,
             refresh_token: stored.refresh_token.clone(),
             reason,
-        }))
+            stored: None,
+            short_lived: false,
+        })
     }
 
-    /// The token-endpoint call, then store-before-publish.
-    async fn exchange(&self, refresh_token: Option<RefreshToken>) -> Result<Refreshed, Error> {
+    /// The token-endpoint call.
+    async fn exchange(&self, refresh_token: Option<RefreshToken>) -> Result<Refreshed, Failed> {
         if self.config.grant == GrantKind::RefreshToken && refresh_token.is_none() {
-            return Err(Error::SessionEnded(SessionEnd::NoRefreshToken));
+            return Err(Error::SessionEnded(SessionEnd::NoRefreshToken).into());
         }
         let request = self.config.token_request(refresh_token.as_ref())?;
         let sent_at = self.clock.now();
@@ -429,18 +715,49 @@ impl Engine {
         .await
         .map_err(|_| Error::Transport(TransportError::timeout()))??;
         let (parts, body) = response.into_parts();
+        let rotated_on_failure = |error: Error| Failed {
+            rotated: if parts.status.is_success() {
+                rotated_refresh_token(&body)
+            } else {
+                None
+            },
+            error,
+        };
         let parsed = parse_token_response(
             parts.status,
             &parts.headers,
             &body,
             self.config.grant,
             self.clock.unix_now(),
-        )?;
-        let lifetime = parsed.expires_in.or(self.config.assume_lifetime);
-        let rotated = parsed.refresh_token.is_some();
+        )
+        .map_err(rotated_on_failure)?;
+        let mut lifetime = parsed.expires_in.or(self.config.assume_lifetime);
+        let short_lived = lifetime.is_some_and(|l| l < self.config.min_lifetime);
+        if short_lived {
+            // Use the token for a growing while instead of asking again for every request.
+            let streak = self.lock().short_lived.saturating_add(1);
+            let hold = self.backoff_delay(streak).max(self.config.min_lifetime);
+            tracing::warn!(
+                hold_ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX),
+                "the token endpoint issued a token with a lifetime under the floor; it is used until the hold ends"
+            );
+            lifetime = Some(hold);
+        }
         // RFC 9700 §4.14.2: a returned refresh token replaces the old one; none keeps it.
+        let rotated = parsed.refresh_token.is_some();
         let refresh_token = parsed.refresh_token.or(refresh_token);
-        let cached = self.make_cached(parsed.access_token, lifetime, sent_at, parsed.scope)?;
+        let expiry = lifetime.and_then(|l| {
+            Some(Expiry {
+                lifetime: l,
+                at: sent_at.checked_add(l)?,
+            })
+        });
+        let cached = self
+            .make_cached(parsed.access_token, expiry, parsed.scope)
+            .map_err(|error| Failed {
+                error,
+                rotated: if rotated { refresh_token.clone() } else { None },
+            })?;
         let stored = StoredTokens {
             access_token: Some(cached.token.clone()),
             refresh_token: refresh_token.clone(),
@@ -448,25 +765,58 @@ impl Engine {
             scope: cached.scope.clone(),
             issued_at: Some(sent_unix),
         };
-        self.save(&stored, rotated).await;
         Ok(Refreshed {
             cached,
             refresh_token,
             reason: SessionReason::Refreshed,
+            stored: Some(stored),
+            short_lived,
         })
+    }
+
+    /// A store call, bounded by the store timeout.
+    async fn store_op<T>(
+        &self,
+        what: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, Error> {
+        self.bounded(self.config.store_timeout, what, call).await
+    }
+
+    async fn bounded<T>(
+        &self,
+        limit: Duration,
+        what: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, Error> {
+        tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => result.map_err(Error::Store),
+            Err(_) => Err(Error::Store(StoreError::transient(format!(
+                "the token store did not answer ({what}) within {} ms",
+                limit.as_millis()
+            )))),
+        }
     }
 
     /// Writes the store, retrying a few times. A failure is logged (without tokens) and the
     /// tokens are still used from memory: losing a rotated refresh token to a store hiccup
     /// would end the session.
-    async fn save(&self, stored: &StoredTokens, rotated: bool) -> bool {
+    async fn save(&self, stored: &StoredTokens, rotated: bool) -> Result<(), Error> {
         let attempts = self.config.store_attempts.max(1);
-        for attempt in 1..=attempts {
-            match self.store.save(&self.config.namespace, stored).await {
-                Ok(()) => return true,
-                Err(e) if attempt < attempts => {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .store_op("write", self.store.save(&self.config.namespace, stored))
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < attempts && !matches!(e, Error::NoRuntime) => {
                     tracing::debug!(error = %e, attempt, "token store write failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                    self.clock
+                        .sleep(Duration::from_millis(20 * u64::from(attempt)))
+                        .await;
                 }
                 Err(e) => {
                     tracing::error!(
@@ -475,108 +825,107 @@ impl Engine {
                         rotated_refresh_token = rotated,
                         "token store write failed; the new tokens are kept in memory only"
                     );
+                    return Err(e);
                 }
             }
         }
-        false
     }
 
-    /// Publishes a refresh's outcome and clears the in-flight marker.
-    async fn finish(
+    /// Publishes a refresh's outcome in memory and frees the in-flight slot, in one step under
+    /// the state lock. `None` when a session operation superseded the refresh.
+    fn publish(
         &self,
-        result: Result<Refreshed, Error>,
         epoch: u64,
-    ) -> Result<Arc<Cached>, Error> {
+        result: Result<Refreshed, Failed>,
+        done: &Completion<Outcome>,
+    ) -> Option<Outcome> {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        done.release_slot();
+        if st.epoch != epoch {
+            return None;
+        }
         match result {
             Ok(refreshed) => {
-                let mut st = self.lock();
-                self.clear_in_flight(&mut st);
-                if st.epoch != epoch {
-                    // Tokens were set or cleared by hand meanwhile: theirs win.
-                    return self.current.load_full().ok_or_else(|| ended_error(&st));
-                }
                 self.current.store(Some(Arc::clone(&refreshed.cached)));
                 st.refresh_token = refreshed.refresh_token;
                 st.loaded = true;
                 st.failures = 0;
                 st.backoff = None;
                 st.ended = None;
+                st.short_lived = if refreshed.short_lived {
+                    st.short_lived.saturating_add(1)
+                } else {
+                    0
+                };
+                self.ahead_not_before.store(0, Ordering::Relaxed);
                 drop(st);
                 self.session
                     .set(SessionState::Authenticated(refreshed.reason));
-                Ok(refreshed.cached)
+                Some(Ok(refreshed.cached))
             }
-            Err(e) if e.is_session_ended() => {
-                let reason = match &e {
+            Err(Failed { error, .. }) if error.is_session_ended() => {
+                let reason = match &error {
                     Error::NoSession { reason } => reason.clone(),
                     Error::SessionEnded(end) => SessionReason::Invalid(end.code().to_owned()),
                     _ => SessionReason::Invalid("unknown".to_owned()),
                 };
-                // Clear the store before publishing, so no other process or restart picks the
-                // dead refresh token up again.
-                let same_epoch = self.lock().epoch == epoch;
-                if same_epoch
-                    && let Err(store_error) = self.store.clear(&self.config.namespace).await
-                {
-                    tracing::error!(error = %store_error, "could not clear the token store");
-                }
-                let mut st = self.lock();
-                self.clear_in_flight(&mut st);
-                if st.epoch == epoch {
-                    self.current.store(None);
-                    st.refresh_token = None;
-                    st.loaded = true;
-                    st.backoff = None;
-                    st.ended = Some(Error::NoSession {
-                        reason: reason.clone(),
-                    });
-                    drop(st);
-                    tracing::warn!(error = %e, "the session ended");
-                    self.session.set(SessionState::NoSession(reason));
-                }
-                Err(e)
+                self.current.store(None);
+                st.refresh_token = None;
+                st.loaded = true;
+                st.backoff = None;
+                st.ended = Some(Error::NoSession {
+                    reason: reason.clone(),
+                });
+                drop(st);
+                tracing::warn!(error = %error, "the session ended");
+                self.session.set(SessionState::NoSession(reason));
+                Some(Err(error))
             }
-            Err(e) => {
-                let now = self.clock.now();
-                let mut st = self.lock();
-                self.clear_in_flight(&mut st);
-                if st.epoch == epoch {
-                    st.failures = st.failures.saturating_add(1);
-                    let delay = self
-                        .backoff_delay(st.failures)
-                        .max(e.retry_after().unwrap_or_default());
-                    st.backoff = Some((now + delay, e.clone()));
-                    drop(st);
-                    tracing::warn!(
-                        error = %e,
-                        transient = e.is_transient(),
-                        backoff_ms = delay.as_millis() as u64,
-                        "token refresh failed; backing off"
-                    );
+            Err(Failed { error, rotated }) => {
+                if rotated.is_some() {
+                    st.refresh_token = rotated;
                 }
-                Err(e)
+                st.failures = st.failures.saturating_add(1);
+                let delay = self
+                    .backoff_delay(st.failures)
+                    .max(error.retry_after().unwrap_or_default());
+                let until = now.checked_add(delay).unwrap_or(now);
+                st.backoff = Some((until, error.clone()));
+                self.ahead_not_before
+                    .store(self.nanos(until), Ordering::Relaxed);
+                drop(st);
+                tracing::warn!(
+                    error = %error,
+                    transient = error.is_transient(),
+                    backoff_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "token refresh failed; backing off"
+                );
+                Some(Err(error))
             }
         }
     }
 
-    fn clear_in_flight(&self, st: &mut State) {
-        st.in_flight = None;
-        self.refreshing.store(false, Ordering::Release);
-    }
-
-    /// Exponential backoff with jitter: `initial × 2^(n-1)`, capped, then a random point in
-    /// its upper half.
+    /// Exponential backoff from the configured initial delay to the maximum: `initial ×
+    /// 2^(n-1)` plus up to half of it at random, never above the maximum.
     fn backoff_delay(&self, failures: u32) -> Duration {
-        let exp = failures.saturating_sub(1).min(20);
+        let exp = failures.saturating_sub(1).min(30);
+        let max = self.config.backoff_max;
         let base = self
             .config
             .backoff_initial
             .saturating_mul(1u32 << exp)
-            .min(self.config.backoff_max);
-        base.mul_f64(0.5 + fastrand::f64() * 0.5)
+            .min(max);
+        base.saturating_add(base.mul_f64(fastrand::f64() * 0.5))
+            .min(max)
     }
 
     /// A 401 for `failed`: retry with a newer token, refresh once, or give up.
+    ///
+    /// A token the server accepted before is refreshed at once (it was revoked, or its key
+    /// rotated): once per token, since the refresh replaces it. A token the server never
+    /// accepted refreshes under a cooldown that grows from the initial to the maximum, because
+    /// a new token may well be rejected the same way (wrong audience).
     pub(crate) fn on_unauthorized(
         self: &Arc<Self>,
         failed: &Credential,
@@ -600,37 +949,54 @@ impl Engine {
             tracing::debug!("401 for an older token; retrying with the current one");
             return UnauthorizedFuture::ready(Ok(Unauthorized::Retry(cached.credential.clone())));
         }
-        let rx = match &st.in_flight {
-            Some(rx) => rx.clone(),
+        let waiter = match self.flight.current() {
+            Some(waiter) => waiter,
             None => {
-                let cooling = st
-                    .last_forced
-                    .is_some_and(|t| now.saturating_duration_since(t) < self.config.cooldown);
-                let backing_off = st.backoff.as_ref().is_some_and(|(until, _)| now < *until);
-                if cooling || backing_off {
-                    tracing::debug!(
-                        cooling,
-                        backing_off,
-                        "401 returned unchanged without a refresh"
-                    );
+                if st.backoff.as_ref().is_some_and(|(until, _)| now < *until) {
+                    tracing::debug!("401 returned unchanged: token refreshes are backing off");
                     return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp));
                 }
-                if current
+                let failed_current = current
                     .as_ref()
-                    .is_some_and(|c| c.credential.generation() == failed_generation)
-                {
+                    .filter(|c| c.credential.generation() == failed_generation);
+                match failed_current {
+                    Some(cached) if cached.accepted.load(Ordering::Relaxed) => {
+                        st.cooldown_step = 0;
+                        st.cooldown_until = None;
+                    }
+                    Some(_) => {
+                        if st.cooldown_until.is_some_and(|until| now < until) {
+                            tracing::debug!(
+                                "401 returned unchanged: the token was never accepted and the cooldown runs"
+                            );
+                            return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp));
+                        }
+                        let exp = st.cooldown_step.min(30);
+                        let delay = self
+                            .config
+                            .cooldown_initial
+                            .saturating_mul(1u32 << exp)
+                            .min(self.config.cooldown);
+                        st.cooldown_step = st.cooldown_step.saturating_add(1);
+                        st.cooldown_until = now.checked_add(delay);
+                    }
+                    None => {}
+                }
+                let replacing = failed_current.cloned();
+                let waiter = match self.start(&mut st, current.clone()) {
+                    Ok(waiter) => waiter,
+                    Err(_) => return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp)),
+                };
+                // Started: only now stop serving the rejected token.
+                if replacing.is_some() {
                     self.current.store(None);
                 }
-                st.last_forced = Some(now);
-                match self.start_locked(&mut st) {
-                    Ok(rx) => rx,
-                    Err(_) => return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp)),
-                }
+                waiter
             }
         };
         drop(st);
         UnauthorizedFuture::pending(async move {
-            match wait(rx).await {
+            match waiter.wait().await.and_then(|outcome| outcome) {
                 Ok(c) if c.credential.generation() != failed_generation => {
                     Ok(Unauthorized::Retry(c.credential.clone()))
                 }
@@ -639,6 +1005,18 @@ impl Engine {
                 Err(_) => Ok(Unauthorized::GiveUp),
             }
         })
+    }
+
+    /// Starts a session operation: a new epoch, so that no refresh started before it writes or
+    /// publishes anything.
+    fn new_epoch(st: &mut State) {
+        st.epoch += 1;
+        st.backoff = None;
+        st.failures = 0;
+        st.short_lived = 0;
+        st.cooldown_until = None;
+        st.cooldown_step = 0;
+        st.loaded = true;
     }
 
     /// `logout()` and `clear()`.
@@ -650,12 +1028,9 @@ impl Engine {
         };
         let refresh_token = {
             let mut st = self.lock();
-            st.epoch += 1;
-            st.backoff = None;
-            st.failures = 0;
-            st.last_forced = None;
-            st.loaded = true;
+            Self::new_epoch(&mut st);
             self.current.store(None);
+            self.ahead_not_before.store(0, Ordering::Relaxed);
             if self.config.grant == GrantKind::RefreshToken {
                 st.ended = Some(Error::NoSession {
                     reason: reason.clone(),
@@ -664,11 +1039,12 @@ impl Engine {
             st.refresh_token.take()
         };
         self.session.set(SessionState::NoSession(reason));
-        let cleared = self
-            .store
-            .clear(&self.config.namespace)
-            .await
-            .map_err(Error::Store);
+        let cleared = {
+            // After any refresh's store write that is under way: the clear lands last.
+            let _gate = self.write_gate.lock().await;
+            self.store_op("clear", self.store.clear(&self.config.namespace))
+                .await
+        };
         let revoked = match (&self.config.revocation_url, refresh_token, revoke) {
             (Some(url), Some(token), true) => self.revoke(url, &token).await,
             _ => Ok(()),
@@ -677,6 +1053,7 @@ impl Engine {
     }
 
     async fn revoke(&self, url: &http::Uri, token: &RefreshToken) -> Result<(), Error> {
+        tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let request = self.config.form_request(
             url,
             &[
@@ -706,70 +1083,53 @@ impl Engine {
         }
     }
 
-    /// `set_tokens()`: store, then publish.
-    pub(crate) async fn set_tokens(&self, tokens: Tokens) -> Result<(), Error> {
+    fn handed(&self, tokens: Tokens) -> Result<Handed, Error> {
         let now = self.clock.now();
-        let lifetime = tokens.expires_in.or(self.config.assume_lifetime);
+        let unix_now = self.clock.unix_now();
+        let expiry = self.expiry_from_now(tokens.expires_in, tokens.lifetime, now);
         let cached = tokens
             .access_token
-            .map(|t| self.make_cached(t, lifetime, now, None))
+            .map(|t| self.make_cached(t, expiry, None))
             .transpose()?;
-        let stored = StoredTokens {
-            access_token: cached.as_ref().map(|c| c.token.clone()),
-            refresh_token: tokens.refresh_token.clone(),
-            expires_at: lifetime.and_then(|l| self.clock.unix_now().checked_add(l)),
-            scope: None,
-            issued_at: None,
+        let remaining = tokens.expires_in.or(self.config.assume_lifetime);
+        let expires_at = remaining.and_then(|r| unix_now.checked_add(r.min(MAX_LIFETIME)));
+        let issued_at = match (expires_at, expiry) {
+            (Some(at), Some(e)) => at.checked_sub(e.lifetime),
+            _ => None::<SystemTime>,
         };
-        let saved = self.save(&stored, false).await;
+        Ok(Handed {
+            stored: StoredTokens {
+                access_token: cached.as_ref().map(|c| c.token.clone()),
+                refresh_token: tokens.refresh_token.clone(),
+                expires_at,
+                scope: None,
+                issued_at,
+            },
+            cached,
+            refresh_token: tokens.refresh_token,
+        })
+    }
+
+    /// `set_tokens()`: publish, then store, after any refresh's store write under way, so the
+    /// store ends with these tokens.
+    pub(crate) async fn set_tokens(&self, tokens: Tokens) -> Result<(), Error> {
+        let handed = self.handed(tokens)?;
+        let _gate = self.write_gate.lock().await;
         {
             let mut st = self.lock();
-            st.epoch += 1;
-            st.refresh_token = tokens.refresh_token;
-            st.loaded = true;
+            Self::new_epoch(&mut st);
+            st.refresh_token = handed.refresh_token;
             st.ended = None;
-            st.backoff = None;
-            st.failures = 0;
-            st.last_forced = None;
-            self.current.store(cached);
+            self.current.store(handed.cached);
+            self.ahead_not_before.store(0, Ordering::Relaxed);
         }
         self.session
             .set(SessionState::Authenticated(SessionReason::Authenticated));
-        if saved {
-            Ok(())
-        } else {
-            Err(Error::Store(crate::error::StoreError::transient(
+        self.save(&handed.stored, false).await.map_err(|e| match e {
+            Error::NoRuntime => Error::NoRuntime,
+            _ => Error::Store(StoreError::transient(
                 "the tokens could not be written to the store; they are used from memory",
-            )))
-        }
-    }
-}
-
-fn ended_error(st: &State) -> Error {
-    st.ended.clone().unwrap_or(Error::NoSession {
-        reason: SessionReason::Cleared,
-    })
-}
-
-/// Waits for a refresh's outcome.
-async fn wait(mut rx: watch::Receiver<Outcome>) -> Result<Arc<Cached>, Error> {
-    match rx.wait_for(Option::is_some).await {
-        Ok(outcome) => outcome.clone().unwrap_or(Err(Error::RefreshAborted)),
-        Err(_) => Err(Error::RefreshAborted),
-    }
-}
-
-/// Clears the in-flight marker if a refresh task is dropped before it finishes.
-struct InFlightGuard<'a> {
-    engine: &'a Engine,
-    armed: bool,
-}
-
-impl Drop for InFlightGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let mut st = self.engine.lock();
-            self.engine.clear_in_flight(&mut st);
-        }
+            )),
+        })
     }
 }

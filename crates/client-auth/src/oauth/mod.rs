@@ -81,7 +81,19 @@ pub enum ClientAuth {
 }
 
 /// Tokens obtained elsewhere (a sign-in), handed to [`OAuthProvider::set_tokens`].
-#[derive(Debug, Clone)]
+///
+/// ```
+/// use std::time::Duration;
+/// use client_auth::{RefreshToken, Tokens};
+///
+/// let tokens = Tokens {
+///     refresh_token: Some(RefreshToken::new("refresh-token-from-sign-in")),
+///     expires_in: Some(Duration::from_secs(3600)),
+///     ..Tokens::default()
+/// };
+/// # let _ = tokens;
+/// ```
+#[derive(Debug, Clone, Default)]
 pub struct Tokens {
     /// The access token, if one is at hand.
     pub access_token: Option<AccessToken>,
@@ -89,6 +101,11 @@ pub struct Tokens {
     pub refresh_token: Option<RefreshToken>,
     /// The access token's remaining lifetime, if known.
     pub expires_in: Option<Duration>,
+    /// The access token's whole lifetime as issued (the token answer's `expires_in`), when the
+    /// token was obtained a while ago. The refresh windows are fractions of the whole lifetime,
+    /// so a token with little time left is refreshed as early as it would have been by the
+    /// process that obtained it. `None`: the remaining lifetime is taken as the whole.
+    pub lifetime: Option<Duration>,
 }
 
 /// When to refresh, as fractions of a token's lifetime with floors and caps.
@@ -141,11 +158,20 @@ pub(crate) struct Config {
     pub(crate) timeout: Duration,
     pub(crate) max_body: usize,
     pub(crate) windows: Windows,
+    /// The longest cooldown for 401s of never-accepted tokens.
     pub(crate) cooldown: Duration,
+    /// The first such cooldown; it doubles up to `cooldown`.
+    pub(crate) cooldown_initial: Duration,
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) assume_lifetime: Option<Duration>,
     pub(crate) store_attempts: u32,
+    /// How long one store call may take.
+    pub(crate) store_timeout: Duration,
+    /// The shared store's refresh-lease ttl; renewed every third of it during a refresh.
+    pub(crate) lease_ttl: Duration,
+    /// Token lifetimes under this are held for a growing while instead.
+    pub(crate) min_lifetime: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -337,6 +363,10 @@ impl AuthorizationProvider for OAuthProvider {
     fn can_recover(&self) -> bool {
         true
     }
+
+    fn on_accepted(&self, credential: &Credential) {
+        self.engine.accepted(credential);
+    }
 }
 
 /// Builds an [`OAuthProvider`].
@@ -359,9 +389,12 @@ pub struct OAuthProviderBuilder {
     max_body: usize,
     windows: Windows,
     cooldown: Duration,
+    cooldown_initial: Duration,
     backoff_initial: Duration,
     backoff_max: Duration,
     assume_lifetime: Option<Duration>,
+    store_timeout: Duration,
+    lease_ttl: Duration,
 }
 
 impl fmt::Debug for OAuthProviderBuilder {
@@ -397,9 +430,12 @@ impl OAuthProviderBuilder {
             max_body: 1024 * 1024,
             windows: Windows::default(),
             cooldown: Duration::from_secs(30),
+            cooldown_initial: Duration::from_secs(1),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
             assume_lifetime: None,
+            store_timeout: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(6),
         }
     }
 
@@ -478,7 +514,7 @@ impl OAuthProviderBuilder {
 
     /// The token-request timeout (default 10 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.timeout = capped(timeout);
         self
     }
 
@@ -511,10 +547,28 @@ impl OAuthProviderBuilder {
         self
     }
 
-    /// How long after a 401-triggered refresh another 401 is returned unchanged instead of
-    /// refreshing again (default 30 s).
-    pub fn unauthorized_cooldown(mut self, cooldown: Duration) -> Self {
-        self.cooldown = cooldown;
+    /// The cooldown for 401s of tokens the server never accepted: after such a 401 starts a
+    /// refresh, the next such 401 is returned unchanged until `initial` has passed, then
+    /// `2 × initial`, doubling up to `max` (default 1 s to 30 s); a token the server accepts
+    /// resets it. A token the server accepted before and later rejects (revocation, key
+    /// rotation) is refreshed at once, without a cooldown.
+    pub fn unauthorized_cooldown(mut self, initial: Duration, max: Duration) -> Self {
+        self.cooldown_initial = initial;
+        self.cooldown = max;
+        self
+    }
+
+    /// How long one call to the token store may take before it counts as failed (default 5 s).
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
+    /// The ttl of a shared store's refresh lease (default 6 s). The lease is renewed every third
+    /// of it while the token request runs, so a process that dies mid-refresh holds up the
+    /// others for at most this long.
+    pub fn refresh_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
         self
     }
 
@@ -583,11 +637,15 @@ impl OAuthProviderBuilder {
             timeout: self.timeout,
             max_body: self.max_body,
             windows: self.windows,
-            cooldown: self.cooldown,
-            backoff_initial: self.backoff_initial,
-            backoff_max: self.backoff_max.max(self.backoff_initial),
+            cooldown: capped(self.cooldown.max(self.cooldown_initial)),
+            cooldown_initial: capped(self.cooldown_initial),
+            backoff_initial: capped(self.backoff_initial),
+            backoff_max: capped(self.backoff_max.max(self.backoff_initial)),
             assume_lifetime: self.assume_lifetime,
             store_attempts: 3,
+            store_timeout: capped(self.store_timeout),
+            lease_ttl: capped(self.lease_ttl).max(Duration::from_millis(30)),
+            min_lifetime: MIN_LIFETIME,
         };
         let engine = Engine::new(
             config,
@@ -601,6 +659,17 @@ impl OAuthProviderBuilder {
             engine: Arc::new(engine),
         })
     }
+}
+
+/// Token lifetimes shorter than this (`expires_in: 0`) are held for a growing while (the
+/// backoff's steps) instead of asking the token endpoint again for every request.
+const MIN_LIFETIME: Duration = Duration::from_secs(1);
+
+/// The longest delay any setting can ask for: keeps all time arithmetic far from overflow.
+const MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
+
+fn capped(d: Duration) -> Duration {
+    d.min(MAX_DELAY)
 }
 
 #[cfg(feature = "reqwest")]
@@ -688,10 +757,14 @@ mod tests {
             max_body: 1024,
             windows: Windows::default(),
             cooldown: Duration::from_secs(30),
+            cooldown_initial: Duration::from_secs(1),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
             assume_lifetime: None,
             store_attempts: 3,
+            store_timeout: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(6),
+            min_lifetime: MIN_LIFETIME,
         }
     }
 }

@@ -65,6 +65,19 @@ pub(crate) fn parse_token_response(
     }
 }
 
+/// The `refresh_token` of a successful answer, read on its own: an answer whose other fields are
+/// unusable may still have rotated the refresh token, and losing it would end the session at the
+/// next refresh on a server with reuse detection.
+pub(crate) fn rotated_refresh_token(body: &Bytes) -> Option<RefreshToken> {
+    let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(body) else {
+        return None;
+    };
+    match map.remove("refresh_token") {
+        Some(Value::String(s)) if !s.is_empty() => Some(RefreshToken::new(s)),
+        _ => None,
+    }
+}
+
 fn parse_success(body: &Bytes) -> Result<TokenResponse, Error> {
     let invalid = Error::InvalidResponse;
     let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(body) else {
