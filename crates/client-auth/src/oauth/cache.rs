@@ -1133,3 +1133,91 @@ impl Engine {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BoxFuture;
+    use crate::clock::ManualClock;
+    use crate::oauth::OAuthProvider;
+    use crate::provider::AuthorizationProvider;
+    use bytes::Bytes;
+
+    /// A token endpoint that is always unavailable.
+    #[derive(Debug)]
+    struct Down;
+
+    impl TokenTransport for Down {
+        fn send(
+            &self,
+            _request: http::Request<Bytes>,
+            _max_body: usize,
+        ) -> BoxFuture<'static, Result<http::Response<Bytes>, Error>> {
+            Box::pin(async {
+                Ok(http::Response::builder()
+                    .status(503)
+                    .body(Bytes::new())
+                    .unwrap())
+            })
+        }
+    }
+
+    fn provider(clock: &ManualClock) -> OAuthProvider {
+        OAuthProvider::refresh_token_grant("https://auth.example.com/token")
+            .client_id("client")
+            .transport(Arc::new(Down))
+            .clock(Arc::new(clock.clone()))
+            .refresh_token("rt")
+            .access_token("at", Some(Duration::from_secs(100)))
+            .jitter(0.0)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn backoff_runs_from_the_initial_delay_to_the_maximum() {
+        let engine = provider(&ManualClock::new()).engine;
+        for _ in 0..200 {
+            let first = engine.backoff_delay(1);
+            assert!(
+                first >= Duration::from_secs(1) && first < Duration::from_millis(1_500),
+                "{first:?}"
+            );
+            assert_eq!(engine.backoff_delay(6), Duration::from_secs(30));
+            assert_eq!(engine.backoff_delay(u32::MAX), Duration::from_secs(30));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_soft_window_path_takes_no_lock_while_backing_off() {
+        let clock = ManualClock::new();
+        let provider = provider(&clock);
+        clock.advance(Duration::from_secs(60)); // inside the soft window (50 s before expiry)
+        let ext = http::Extensions::new();
+        let view =
+            || crate::RequestView::new(&http::Method::GET, "https", "a.example", "/", None, &ext);
+        provider.authorize(&view()).await.unwrap(); // starts the background refresh
+        while provider.engine.flight.is_running() {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            provider.engine.lock().backoff.is_some(),
+            "the refresh failed"
+        );
+
+        // With the state lock held here, a request in the soft window must still be served.
+        let held = provider.engine.lock();
+        let other = provider.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let ext = http::Extensions::new();
+            let view =
+                crate::RequestView::new(&http::Method::GET, "https", "a.example", "/", None, &ext);
+            let mut fut = other.authorize(&view);
+            let _ = tx.send(fut.take_ready().map(|r| r.is_ok()));
+        });
+        let served = rx.recv_timeout(Duration::from_secs(5));
+        drop(held);
+        assert_eq!(served, Ok(Some(true)), "served at once, without the lock");
+    }
+}

@@ -35,7 +35,26 @@
 //!   is treated as expired and callers wait for the one refresh in flight.
 //!
 //! Every number is configurable on the builder. A refresh runs on a spawned tokio task, so
-//! dropping the request that started it does not stop it; a tokio runtime is required.
+//! dropping the request that started it does not stop it; a tokio runtime is required (without
+//! one, calls return [`Error::NoRuntime`], never panic).
+//!
+//! # 401s
+//!
+//! A 401 for the current token starts one refresh and the request is retried once with the new
+//! token. A token the server accepted before (adapters report every non-401 answer through
+//! [`AuthorizationProvider::on_accepted`]) and now rejects is refreshed at once: it was revoked.
+//! A token the server never accepted refreshes under a cooldown growing from 1 s to 30 s
+//! ([`OAuthProviderBuilder::unauthorized_cooldown`]), since a new one may be rejected the same
+//! way.
+//!
+//! # Session operations during a refresh
+//!
+//! [`logout`](OAuthProvider::logout), [`clear`](OAuthProvider::clear) and
+//! [`set_tokens`](OAuthProvider::set_tokens) win over a refresh in flight: once they return,
+//! nothing that refresh obtained reaches memory or the store, and its waiters get the new
+//! session's token or error. A token answer that rotated the refresh token but is unusable
+//! otherwise still has its refresh token kept (in memory and in the store), so the next refresh
+//! does not replay the old one.
 
 mod cache;
 mod response;
