@@ -7,14 +7,36 @@
 //! Redis and coordinates refreshes with a lease:
 //!
 //! 1. `SET <prefix><ns>:lock <random> NX PX <ttl>`, polled with backoff until taken (bounded by
-//!    [`RedisStoreBuilder::lock_wait_timeout`]). The provider asks for a ttl of three times its
-//!    token-endpoint timeout.
+//!    [`RedisStoreBuilder::lock_wait_timeout`]). The ttl is the provider's
+//!    `OAuthProviderBuilder::refresh_lease_ttl` (6 s by default).
 //! 2. The provider re-reads `<prefix><ns>:tokens`: if another process refreshed meanwhile, it
 //!    uses those tokens and does not call the token endpoint.
-//! 3. Otherwise it refreshes, and writes the new tokens with a script that first checks the
-//!    lock still holds this process's random value (fencing): a holder whose lease expired
-//!    never overwrites a newer holder's tokens.
-//! 4. The lease is released with a compare-and-delete script.
+//! 3. Otherwise it refreshes. While the token request runs it renews the lease every third of
+//!    the ttl ([`RefreshLease::renew`]): a script sets the lock's expiry to the ttl again
+//!    (`PEXPIRE`) only while the lock still holds this process's random value. A renewal that
+//!    finds another value, or no lock, fails with a transient error: the lease was lost and
+//!    another process may be refreshing.
+//! 4. It writes the new tokens with a script that first checks the lock still holds this
+//!    process's random value (fencing): a holder whose lease expired never overwrites a newer
+//!    holder's tokens.
+//! 5. The lease is released with a compare-and-delete script.
+//!
+//! **Keep the lease ttl short**: a few seconds (the provider's default of 6 s is a good choice)
+//! rather than a multiple of the token-endpoint timeout. Renewal keeps the lease of a holder
+//! that is alive however long its token request takes, and a holder that dies (killed,
+//! partitioned) blocks the other processes only until the ttl runs out. The lower bound: a
+//! renewal is sent a third of the ttl after the previous one and must reach Redis within the
+//! remaining two thirds, retry included; with the default connection settings (1 s response
+//! timeout, one retry) that is about 4 s. Waiters give up after [`RedisStoreBuilder::lock_wait_timeout`] (by default the
+//! ttl plus one second), also while a live holder keeps renewing: with a short ttl, raise it
+//! to the token-endpoint timeout plus the ttl if waiters should outwait a slow token request
+//! instead of failing transiently and retrying after a backoff.
+//!
+//! When the token endpoint rejects the refresh token (`invalid_grant`), the provider removes
+//! the stored tokens with [`TokenStore::clear_if_refresh_token`], one script that decodes the
+//! stored JSON (Redis's `cjson`) and deletes the key only while its `refresh_token` is still
+//! the rejected one: a newer refresh token that another process wrote meanwhile survives. Like
+//! a write, it is fenced while this process holds the namespace's lease.
 //!
 //! The hot path is unchanged: requests read the token from memory; Redis is touched on the
 //! first use and around refreshes only.
@@ -57,11 +79,11 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `<prefix><ns>:tokens` | the tokens as JSON ([`StoredTokens::to_json`]), no expiry |
-//! | `<prefix><ns>:lock` | the lease holder's random value, with the lease ttl |
+//! | `<prefix><ns>:tokens` | the tokens as JSON ([`StoredTokens::to_json`]), no expiry; written by the fenced save script, deleted by `clear` or by the compare-and-delete script (which compares its `refresh_token` field and ignores the others) |
+//! | `<prefix><ns>:lock` | the lease holder's random value, with the lease ttl; each renewal sets the ttl again from now, and only while the value is still the holder's |
 //!
-//! The save script touches both keys, so Redis Cluster is not supported (one primary, with or
-//! without replicas or Sentinel, is).
+//! The save and compare-and-delete scripts touch both keys, so Redis Cluster is not supported
+//! (one primary, with or without replicas or Sentinel, is).
 //!
 //! # Secrets
 //!
@@ -73,7 +95,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use client_auth::{BoxFuture, RefreshLease, StoreError, StoredTokens, TokenStore};
+use client_auth::{BoxFuture, RefreshLease, RefreshToken, StoreError, StoredTokens, TokenStore};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, RedisError, Script};
 
@@ -83,6 +105,38 @@ const SAVE_FENCED: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[2], ARGV[2])
   return 1
+end
+return 0
+";
+
+/// Compare-and-delete of the tokens. KEYS: tokens, lock. ARGV: the refresh token, the lease
+/// value this process holds for the namespace (empty when it holds none: no fencing).
+/// Returns 1 deleted, 0 not the given refresh token (or nothing stored), -1 fenced out (the
+/// lease expired), -2 the stored value is not token JSON (left in place).
+const CLEAR_IF_REFRESH_TOKEN: &str = r"
+if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return -1
+end
+local stored = redis.call('GET', KEYS[1])
+if not stored then
+  return 0
+end
+local ok, doc = pcall(cjson.decode, stored)
+if not ok or type(doc) ~= 'table' then
+  return -2
+end
+local rt = doc['refresh_token']
+if type(rt) == 'string' and rt == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+";
+
+/// Compare-and-`PEXPIRE` of the lease. KEYS: lock. ARGV: the holder's value, the ttl in ms.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 ";
@@ -115,6 +169,8 @@ struct Inner {
     /// Leases this store holds now: namespace → the random value in the lock key.
     held: Mutex<HashMap<String, String>>,
     save_fenced: Script,
+    clear_if_refresh_token: Script,
+    renew: Script,
     release: Script,
 }
 
@@ -197,6 +253,10 @@ impl RedisStoreBuilder {
     /// How long a process waits for another's refresh lease before failing with a transient
     /// error (default: the lease ttl plus one second, so that the lease of a holder that died
     /// expires within one wait).
+    ///
+    /// A living holder renews its lease for as long as its token request runs, so with a
+    /// short ttl a waiter may give up before that holder is done; set this to the
+    /// token-endpoint timeout plus the ttl to have waiters outwait any living holder.
     pub fn lock_wait_timeout(mut self, timeout: Duration) -> Self {
         self.lock_wait = Some(timeout);
         self
@@ -256,6 +316,8 @@ impl RedisStoreBuilder {
                 local_when_unavailable: self.local_when_unavailable,
                 held: Mutex::new(HashMap::new()),
                 save_fenced: Script::new(SAVE_FENCED),
+                clear_if_refresh_token: Script::new(CLEAR_IF_REFRESH_TOKEN),
+                renew: Script::new(RENEW),
                 release: Script::new(RELEASE),
             }),
         })
@@ -382,6 +444,45 @@ impl TokenStore for RedisStore {
         })
     }
 
+    fn clear_if_refresh_token<'a>(
+        &'a self,
+        namespace: &'a str,
+        refresh_token: &'a RefreshToken,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let key = self.tokens_key(namespace);
+            let lock = self.lock_key(namespace);
+            // Fenced like `save` while this process holds the namespace's lease.
+            let lease = self.held().get(namespace).cloned().unwrap_or_default();
+            let outcome: i64 = with_retry(|| {
+                let mut conn = self.inner.conn.clone();
+                let mut invocation = self.inner.clear_if_refresh_token.prepare_invoke();
+                invocation
+                    .key(&key)
+                    .key(&lock)
+                    .arg(refresh_token.expose_secret())
+                    .arg(&lease);
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await
+            .map_err(|e| store_error("compare-and-delete", &e))?;
+            match outcome {
+                1 => Ok(true),
+                0 => Ok(false),
+                -1 => Err(StoreError::permanent(format!(
+                    "the refresh lease {lock} expired before the tokens were removed; \
+                     they were left in place for the newer holder"
+                ))),
+                -2 => Err(StoreError::permanent(format!(
+                    "the tokens in Redis key {key} are corrupt and were left in place"
+                ))),
+                other => Err(StoreError::permanent(format!(
+                    "unexpected answer {other} from the compare-and-delete script on {key}"
+                ))),
+            }
+        })
+    }
+
     fn lock_refresh<'a>(
         &'a self,
         namespace: &'a str,
@@ -468,6 +569,16 @@ impl RedisLease {
         }
         Some(token)
     }
+
+    /// The error of a renewal that found the lease gone. It stays in `held`, so this process's
+    /// writes remain fenced (and refused) rather than becoming unconditional.
+    fn lost(&self) -> StoreError {
+        StoreError::transient(format!(
+            "the refresh lease {} was lost (it expired or another process holds it now); \
+             another process may refresh",
+            self.lock
+        ))
+    }
 }
 
 impl Drop for RedisLease {
@@ -493,6 +604,30 @@ impl RefreshLease for RedisLease {
             .await
             .map(|_| ())
             .map_err(|e| store_error("lease release", &e))
+        })
+    }
+
+    fn renew(&self, ttl: Duration) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let Some(token) = self.token.as_deref() else {
+                return Err(self.lost());
+            };
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            let store = &self.store;
+            let renewed: i64 = with_retry(|| {
+                let mut conn = store.inner.conn.clone();
+                let mut invocation = store.inner.renew.prepare_invoke();
+                invocation.key(&self.lock).arg(token).arg(ttl_ms);
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await
+            .map_err(|e| store_error("lease renewal", &e))?;
+            if renewed == 1 {
+                tracing::trace!(key = %self.lock, ttl_ms, "redis refresh lease renewed");
+                Ok(())
+            } else {
+                Err(self.lost())
+            }
         })
     }
 }

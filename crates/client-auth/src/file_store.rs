@@ -9,7 +9,16 @@
 //! The refresh lease is an advisory lock (`flock` on unix, `LockFileEx` on Windows) on a
 //! separate `<name>.lock` file, held across "re-read, refresh if still needed, write": several
 //! processes refresh one rotating refresh token once. The operating system drops the lock when
-//! its holder dies, so a crashed holder never blocks the others.
+//! its holder dies, so a crashed holder never blocks the others, and holds it for as long as
+//! the holder lives: the lease has no ttl to extend, and [`RefreshLease::renew`] is the
+//! trait's default, which does nothing.
+//!
+//! [`clear_if_refresh_token`](TokenStore::clear_if_refresh_token) (compare-and-delete) is
+//! atomic across the processes of the host: it reads, compares and removes the file under a
+//! second advisory lock, on `<name>.write.lock`, which every save also takes around its rename.
+//! So a refresh token that another process saved meanwhile is never removed. That lock is held
+//! for a few file operations only, never across a token request, and is separate from the
+//! lease, so a process holding the lease can call it.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -19,10 +28,15 @@ use std::time::{Duration, Instant};
 
 use crate::BoxFuture;
 use crate::error::StoreError;
+use crate::secret::RefreshToken;
 use crate::store::{RefreshLease, StoredTokens, TokenStore};
 
 /// The longest file name this store makes for a namespace (before `.json` / `.lock`).
 const MAX_NAME: usize = 120;
+
+/// How long a save or compare-and-delete waits for another's write lock (held for a few file
+/// operations only) before failing with a transient error.
+const WRITE_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// Tokens in JSON files, one per namespace, with an advisory-lock refresh lease.
 ///
@@ -48,7 +62,12 @@ const MAX_NAME: usize = 120;
 /// The lease waits for another holder by polling the lock (with backoff), at most
 /// [`lock_wait_timeout`](Self::lock_wait_timeout); by default the lease's own ttl plus a second.
 /// The ttl itself is not enforced: the lock is released when its holder finishes or dies, and a
-/// living holder is bounded by the token-endpoint timeout.
+/// living holder is bounded by the token-endpoint timeout. For the same reason
+/// [`RefreshLease::renew`] is the default no-op: the operating system holds the lock for as
+/// long as its holder lives.
+///
+/// Compare-and-delete ([`clear_if_refresh_token`](TokenStore::clear_if_refresh_token)) is
+/// atomic against the saves of every process on the host (see the [module docs](self)).
 ///
 /// A file that cannot be read or parsed is a permanent [`StoreError`]; it is never deleted or
 /// overwritten by a load, so it can be inspected. Errors name the file, never its content.
@@ -99,6 +118,13 @@ impl FileStore {
 
     fn lock_path(&self, namespace: &str) -> PathBuf {
         self.dir.join(format!("{}.lock", file_name(namespace)))
+    }
+
+    /// The lock serialising the renames and removals of compare-and-delete with saves. File
+    /// names of namespaces hold no `.`, so no namespace's files collide with it.
+    fn write_lock_path(&self, namespace: &str) -> PathBuf {
+        self.dir
+            .join(format!("{}.write.lock", file_name(namespace)))
     }
 }
 
@@ -194,7 +220,46 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn write_atomic(dir: &Path, path: &Path, contents: &[u8]) -> Result<(), StoreError> {
+/// An exclusive advisory lock on a write-lock file, released when dropped (closing the file
+/// releases it, also when the process dies).
+struct WriteLock {
+    _file: File,
+}
+
+/// Takes the write lock at `path`, polling (on this blocking thread) for at most
+/// [`WRITE_LOCK_WAIT`]: its holders keep it for a few file operations, so a longer wait means
+/// a stuck holder, which must not hang this thread for ever.
+fn write_lock(path: &Path) -> Result<WriteLock, StoreError> {
+    let file = open_private(path, OpenOptions::new().read(true).write(true).create(true))
+        .map_err(|e| io_error("could not open the write lock file", path, &e))?;
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(1);
+    loop {
+        // Fully qualified: std's `File::try_lock` (Rust 1.89) would shadow it.
+        match fs4::FileExt::try_lock(&file) {
+            Ok(()) => return Ok(WriteLock { _file: file }),
+            Err(fs4::TryLockError::WouldBlock) => {}
+            Err(fs4::TryLockError::Error(e)) => return Err(io_error("could not lock", path, &e)),
+        }
+        let waited = started.elapsed();
+        if waited >= WRITE_LOCK_WAIT {
+            return Err(StoreError::transient(format!(
+                "timed out after {} ms waiting for the write lock {}",
+                waited.as_millis(),
+                path.display()
+            )));
+        }
+        std::thread::sleep(delay.min(WRITE_LOCK_WAIT - waited));
+        delay = (delay * 2).min(Duration::from_millis(20));
+    }
+}
+
+fn write_atomic(
+    dir: &Path,
+    path: &Path,
+    write_lock_path: &Path,
+    contents: &[u8],
+) -> Result<(), StoreError> {
     create_dir(dir)?;
     let file_name = path
         .file_name()
@@ -208,14 +273,55 @@ fn write_atomic(dir: &Path, path: &Path, contents: &[u8]) -> Result<(), StoreErr
     let written = (|| {
         let mut file = open_private(&tmp, OpenOptions::new().write(true).create_new(true))?;
         file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
+        file.sync_all()
     })();
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(io_error("could not write the token file", path, &e));
     }
+    // Only the rename is serialised with compare-and-delete: it is what replaces the tokens.
+    let renamed = write_lock(write_lock_path).and_then(|_lock| {
+        fs::rename(&tmp, path).map_err(|e| io_error("could not write the token file", path, &e))
+    });
+    if let Err(e) = renamed {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     sync_dir(dir)
+}
+
+/// Compare-and-delete under the write lock: removes the file at `path` only while it holds
+/// `refresh_token`.
+fn clear_if_refresh_token(
+    dir: &Path,
+    path: &Path,
+    write_lock_path: &Path,
+    refresh_token: &RefreshToken,
+) -> Result<bool, StoreError> {
+    // Nothing stored: nothing to compare, and no lock file to create.
+    if let Err(e) = fs::symlink_metadata(path)
+        && e.kind() == io::ErrorKind::NotFound
+    {
+        return Ok(false);
+    }
+    let removed = {
+        let _lock = write_lock(write_lock_path)?;
+        match read(path)? {
+            Some(stored) if stored.refresh_token.as_ref() == Some(refresh_token) => {
+                match fs::remove_file(path) {
+                    Ok(()) => true,
+                    // A `clear` (which takes no lock) removed it first.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                    Err(e) => return Err(io_error("could not remove the token file", path, &e)),
+                }
+            }
+            _ => false,
+        }
+    };
+    if removed {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
 }
 
 impl TokenStore for FileStore {
@@ -234,9 +340,15 @@ impl TokenStore for FileStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let dir = self.dir.clone();
         let path = self.path_for(namespace);
+        let write_lock_path = self.write_lock_path(namespace);
         let json = tokens.to_json();
         Box::pin(blocking(move || {
-            write_atomic(&dir, &path, json.expose_secret().as_bytes())
+            write_atomic(
+                &dir,
+                &path,
+                &write_lock_path,
+                json.expose_secret().as_bytes(),
+            )
         }))
     }
 
@@ -247,6 +359,20 @@ impl TokenStore for FileStore {
             Ok(()) => sync_dir(&dir),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_error("could not remove the token file", &path, &e)),
+        }))
+    }
+
+    fn clear_if_refresh_token<'a>(
+        &'a self,
+        namespace: &'a str,
+        refresh_token: &'a RefreshToken,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let dir = self.dir.clone();
+        let path = self.path_for(namespace);
+        let write_lock_path = self.write_lock_path(namespace);
+        let refresh_token = refresh_token.clone();
+        Box::pin(blocking(move || {
+            clear_if_refresh_token(&dir, &path, &write_lock_path, &refresh_token)
         }))
     }
 
@@ -445,6 +571,119 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("corrupt"), "{text}");
         assert!(!text.contains("SECRET-MARKER"), "{text}");
+        assert!(path.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn clear_if_refresh_token_keeps_a_newer_refresh_token() {
+        let dir = temp_dir("cas-newer");
+        let this = FileStore::new(&dir);
+        // Nothing stored: nothing removed, and no directory made for it.
+        assert!(
+            !this
+                .clear_if_refresh_token("a", &RefreshToken::new("rt-OLD"))
+                .await
+                .unwrap()
+        );
+        assert!(!dir.exists());
+        this.save("a", &tokens("OLD")).await.unwrap();
+        // Another process rotated the refresh token meanwhile.
+        let other = FileStore::new(&dir);
+        other.save("a", &tokens("NEW")).await.unwrap();
+        let removed = this
+            .clear_if_refresh_token("a", &RefreshToken::new("rt-OLD"))
+            .await
+            .unwrap();
+        assert!(!removed);
+        assert_eq!(this.load("a").await.unwrap(), Some(tokens("NEW")));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn clear_if_refresh_token_clears_the_matching_one() {
+        let dir = temp_dir("cas-match");
+        let store = FileStore::new(&dir);
+        store.save("a", &tokens("A")).await.unwrap();
+        store.save("b", &tokens("A")).await.unwrap();
+        let removed = store
+            .clear_if_refresh_token("a", &RefreshToken::new("rt-A"))
+            .await
+            .unwrap();
+        assert!(removed);
+        assert!(!store.path_for("a").exists());
+        assert!(store.load("a").await.unwrap().is_none());
+        // Once removed, there is nothing left to remove; other namespaces are untouched.
+        assert!(
+            !store
+                .clear_if_refresh_token("a", &RefreshToken::new("rt-A"))
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.load("b").await.unwrap(), Some(tokens("A")));
+        // It works while this process holds the refresh lease (a separate lock).
+        let lease = store
+            .lock_refresh("b", Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            store
+                .clear_if_refresh_token("b", &RefreshToken::new("rt-A"))
+                .await
+                .unwrap()
+        );
+        lease.release().await.unwrap();
+        assert!(store.load("b").await.unwrap().is_none());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clear_if_refresh_token_compares_after_a_save_in_progress() {
+        let dir = temp_dir("cas-race");
+        let store = FileStore::new(&dir);
+        store.save("a", &tokens("OLD")).await.unwrap();
+        // Another process is saving: it holds the write lock around its rename.
+        let saver = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(store.write_lock_path("a"))
+            .unwrap();
+        fs4::FileExt::try_lock(&saver).unwrap();
+        let clearing = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .clear_if_refresh_token("a", &RefreshToken::new("rt-OLD"))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!clearing.is_finished(), "it waits for the write lock");
+        let tmp = dir.join("other-process.tmp");
+        fs::write(&tmp, tokens("NEW").to_json().expose_secret()).unwrap();
+        fs::rename(&tmp, store.path_for("a")).unwrap();
+        fs4::FileExt::unlock(&saver).unwrap();
+        // It compared what the save left, not what it would have read before.
+        assert!(!clearing.await.unwrap().unwrap());
+        assert_eq!(store.load("a").await.unwrap(), Some(tokens("NEW")));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn clear_if_refresh_token_leaves_a_corrupt_file_and_says_so() {
+        let dir = temp_dir("cas-corrupt");
+        let store = FileStore::new(&dir);
+        store.save("a", &tokens("A")).await.unwrap();
+        let path = store.path_for("a");
+        fs::write(&path, b"{\"v\":1,\"refresh_token\":\"rt-SECRET-MARKER").unwrap();
+        let e = store
+            .clear_if_refresh_token("a", &RefreshToken::new("rt-SECRET-MARKER"))
+            .await
+            .unwrap_err();
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("corrupt"), "{e}");
+        assert!(!e.to_string().contains("SECRET-MARKER"), "{e}");
         assert!(path.exists());
         fs::remove_dir_all(&dir).unwrap();
     }

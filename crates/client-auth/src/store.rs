@@ -370,4 +370,35 @@ mod tests {
         let newer = StoredTokens::from_json(br#"{"v":2}"#).unwrap_err();
         assert!(newer.to_string().contains("version 2"), "{newer}");
     }
+
+    #[tokio::test]
+    async fn memory_clear_if_refresh_token_removes_only_the_matching_refresh_token() {
+        let with_refresh = |rt: &str| StoredTokens {
+            refresh_token: Some(RefreshToken::new(rt)),
+            ..StoredTokens::default()
+        };
+        let store = std::sync::Arc::new(MemoryStore::with("ns", with_refresh("rt-NEW")));
+        // Through `Arc<dyn TokenStore>`, as the provider holds it.
+        let shared: std::sync::Arc<dyn TokenStore> = store.clone();
+        let old = RefreshToken::new("rt-OLD");
+        let new = RefreshToken::new("rt-NEW");
+        assert!(!shared.clear_if_refresh_token("ns", &old).await.unwrap());
+        assert_eq!(store.get("ns"), Some(with_refresh("rt-NEW")));
+        assert!(shared.clear_if_refresh_token("ns", &new).await.unwrap());
+        assert_eq!(store.get("ns"), None);
+        assert!(!shared.clear_if_refresh_token("ns", &new).await.unwrap());
+        // An entry without a refresh token holds no rejected one: it stays.
+        store
+            .save(
+                "ns",
+                &StoredTokens {
+                    access_token: Some(AccessToken::new("at")),
+                    ..StoredTokens::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(!shared.clear_if_refresh_token("ns", &new).await.unwrap());
+        assert!(store.get("ns").is_some());
+    }
 }
