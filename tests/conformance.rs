@@ -675,6 +675,119 @@ async fn returns_the_second_401_after_the_one_retry(adapter: Adapter) {
     assert_ne!(seen[0], seen[1], "the retry carried the refreshed token");
 }
 
+/// Wraps a provider and records every credential the adapter reports accepted (its
+/// generation and `Authorization` value), passing the report on.
+struct ReportsAcceptance<P> {
+    inner: P,
+    accepted: Arc<std::sync::Mutex<Vec<(u64, String)>>>,
+}
+
+impl<P: AuthorizationProvider> AuthorizationProvider for ReportsAcceptance<P> {
+    fn authorize(&self, request: &client_auth::RequestView<'_>) -> client_auth::AuthorizeFuture {
+        self.inner.authorize(request)
+    }
+
+    fn on_unauthorized(
+        &self,
+        failed: &client_auth::Credential,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> client_auth::UnauthorizedFuture {
+        self.inner.on_unauthorized(failed, status, headers)
+    }
+
+    fn can_recover(&self) -> bool {
+        self.inner.can_recover()
+    }
+
+    fn on_accepted(&self, credential: &client_auth::Credential) {
+        self.accepted.lock().unwrap().push((
+            credential.generation().get(),
+            credential.header_value().to_str().unwrap().to_owned(),
+        ));
+        self.inner.on_accepted(credential);
+    }
+}
+
+both_adapters!(
+    reports_the_credential_of_every_answer_but_a_401_as_accepted:
+    tower_reports_the_credential_of_every_answer_but_a_401_as_accepted,
+    reqwest_reports_the_credential_of_every_answer_but_a_401_as_accepted
+);
+async fn reports_the_credential_of_every_answer_but_a_401_as_accepted(adapter: Adapter) {
+    let server = TestServer::start().await.unwrap();
+    let clock = ManualClock::new();
+    let (provider, grant) = logged_in(&server, &clock, HOUR);
+    let accepted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client = client_for(
+        adapter,
+        &server,
+        ReportsAcceptance {
+            inner: provider,
+            accepted: Arc::clone(&accepted),
+        },
+    );
+    let reported = || accepted.lock().unwrap().clone();
+
+    // A 200, then a 403 (the server took the token, the answer is no): each once.
+    let ok = client
+        .send(TestRequest::get(server.resource_url()))
+        .await
+        .unwrap();
+    let forbidden = client
+        .send(TestRequest::get(server.url("/api/forbidden")))
+        .await
+        .unwrap();
+    assert_eq!(
+        (ok.status, forbidden.status),
+        (StatusCode::OK, StatusCode::FORBIDDEN)
+    );
+    let first = reported();
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert_eq!(first[0], first[1]);
+    assert_eq!(Some(first[0].1.clone()), bearer(&grant.access_token));
+
+    // Revoked: 401, refresh, retry, 200. Only the retry's credential is reported.
+    server.revoke_access_token(&grant.access_token);
+    let retried = client
+        .send(TestRequest::get(server.resource_url()))
+        .await
+        .unwrap();
+    assert_eq!(retried.status, StatusCode::OK);
+    let after_retry = reported();
+    assert_eq!(after_retry.len(), 3, "{after_retry:?}");
+    let (generation, value) = &after_retry[2];
+    assert_ne!(*generation, first[0].0, "the refreshed token's generation");
+    assert_eq!(
+        authorizations(&server).last().unwrap().as_deref(),
+        Some(value.as_str()),
+        "the credential the retry carried"
+    );
+
+    // A 401 returned to the caller (the server now rejects every token), and requests the
+    // adapter did not stamp: none is reported.
+    server.reject_all_tokens(true);
+    let rejected = client
+        .send(TestRequest::get(server.resource_url()))
+        .await
+        .unwrap();
+    assert_eq!(rejected.status, StatusCode::UNAUTHORIZED);
+    server.reject_all_tokens(false);
+    let own = client
+        .send(
+            TestRequest::get(server.resource_url()).header(AUTHORIZATION, "Bearer the-callers-own"),
+        )
+        .await
+        .unwrap();
+    let skipped = client
+        .send(TestRequest::get(server.url("/not-found")).control(AuthorizationControl::Skip))
+        .await
+        .unwrap();
+    assert_eq!(own.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(skipped.status, StatusCode::NOT_FOUND);
+    assert_eq!(reported(), after_retry, "nothing more was reported");
+}
+
 both_adapters!(
     returns_a_static_keys_401_without_retry_or_snapshot:
     tower_returns_a_static_keys_401_without_retry_or_snapshot,

@@ -763,3 +763,135 @@ async fn rotation_storm_through_both_adapters() {
         );
     }
 }
+
+// ---- revocations under load --------------------------------------------------------------------
+
+/// Callers in the revocation scenario, each sending one request after the other.
+const REVOCATION_CALLERS: usize = 100;
+/// How long the callers run.
+const REVOCATION_RUN: Duration = Duration::from_secs(8);
+/// When the access token in use is revoked at the provider, from the callers' start.
+const REVOCATIONS_AT: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(4)];
+/// Each caller's pause between two requests: enough to keep the single-threaded node process
+/// and this debug-built client responsive on a small machine, short enough that the token
+/// being revoked is in use by many requests at once.
+const REVOCATION_PAUSE: Duration = Duration::from_millis(10);
+
+/// A token the server has accepted and later revokes is refreshed at once, whenever it
+/// happens: two revocations 3 s apart under load cost one refresh each, and no caller sees a
+/// 401 or an error (each request is retried at most once, with the refreshed token). Guards
+/// against a provider-wide cooldown after a 401-triggered refresh, which returned the second
+/// revocation's 401s to callers until it ran out. The provider has default settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_revocations_3s_apart_are_each_recovered_with_one_refresh_through_both_adapters() {
+    // Access tokens live 60 s: no refresh is due on schedule during the run.
+    let Some(op) = Interop::start(60) else {
+        return;
+    };
+    for adapter in ADAPTERS {
+        let client = op.client(adapter);
+        let (at, rt) = op.mint(client).await;
+        let provider = oauth(
+            OAuthProvider::refresh_token_grant(&op.token_endpoint),
+            adapter,
+            client,
+        )
+        .refresh_token(rt.as_str())
+        .access_token(at.as_str(), Some(Duration::from_secs(60)))
+        .build()
+        .unwrap();
+        let http = AuthClient::new(adapter, provider.clone(), &op.resource_origin);
+        let before = op.counters(client).await;
+
+        let result = Arc::new(StormResult::default());
+        let in_flight = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let until = started + REVOCATION_RUN;
+        let mut callers = tokio::task::JoinSet::new();
+        for _ in 0..REVOCATION_CALLERS {
+            let (http, url, result, in_flight) = (
+                http.clone(),
+                op.resource_url.clone(),
+                Arc::clone(&result),
+                Arc::clone(&in_flight),
+            );
+            callers.spawn(async move {
+                while Instant::now() < until {
+                    let sent = Instant::now();
+                    let now = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+                    result.max_in_flight.fetch_max(now, Ordering::Relaxed);
+                    let outcome = http.get(&url).await;
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                    result.record(&outcome, sent);
+                    tokio::time::sleep(REVOCATION_PAUSE).await;
+                }
+            });
+        }
+
+        // Revoke whatever access token the provider holds at that moment (the one the callers
+        // are sending), as the provider's own revocation would.
+        let mut revoked = Vec::new();
+        for at in REVOCATIONS_AT {
+            tokio::time::sleep_until((started + at).into()).await;
+            let current = provider.access_token().await.unwrap();
+            op.revoke_access(current.expose_secret()).await;
+            revoked.push((
+                started.elapsed(),
+                current.expose_secret().to_owned(),
+                result.ok.load(Ordering::Relaxed),
+            ));
+        }
+        while let Some(caller) = callers.join_next().await {
+            caller.unwrap();
+        }
+        let elapsed = started.elapsed();
+        let after = op.counters(client).await;
+
+        let ok = result.ok.load(Ordering::Relaxed);
+        let failed = result.failed.load(Ordering::Relaxed);
+        let token_requests = after.token_requests - before.token_requests;
+        let refreshes = after.refresh_successes - before.refresh_successes;
+        let (served, rejected) = (
+            after.resource_ok - before.resource_ok,
+            after.resource_401 - before.resource_401,
+        );
+        let line = format!(
+            "{adapter:?}: {REVOCATION_CALLERS} callers for {:.1} s, revocations at {:.2} s and {:.2} s (after {} and {} answers): {}; token requests {token_requests}, refreshes {refreshes}, token errors {}; resource: {served} × 200, {rejected} × 401",
+            elapsed.as_secs_f64(),
+            revoked[0].0.as_secs_f64(),
+            revoked[1].0.as_secs_f64(),
+            revoked[0].2,
+            revoked[1].2,
+            result.summary(),
+            after.errors - before.errors,
+        );
+        println!("two revocations {line}");
+
+        assert_ne!(
+            revoked[0].1, revoked[1].1,
+            "the second revocation hit the refreshed token: {line}"
+        );
+        assert!(
+            revoked[0].2 > 0 && revoked[1].2 > revoked[0].2,
+            "requests were served before each revocation: {line}"
+        );
+        assert!(
+            rejected > 0,
+            "the revoked tokens were rejected while in use: {line}"
+        );
+        assert_eq!(failed, 0, "no caller saw a 401 or an error: {line}");
+        assert_eq!(
+            (token_requests, refreshes),
+            (2, 2),
+            "one refresh per revocation: {line}"
+        );
+        assert_eq!(
+            served, ok,
+            "each request got its 200 from one send or one retry: {line}"
+        );
+        assert!(
+            matches!(provider.session_state(), SessionState::Authenticated(_)),
+            "{line}"
+        );
+    }
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use client_auth::{
     AuthorizationProvider, AuthorizeFuture, Error, OriginPolicy, OriginPolicyBuilder, Plan,
-    RequestView, Unauthorized, plan_request,
+    ProviderRef, RequestView, Unauthorized, plan_request,
 };
 use http::header::AUTHORIZATION;
 use http::{Extensions, StatusCode};
@@ -150,6 +150,8 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
         // The plan borrows the request and the extensions; it ends before the request is sent.
+        // A per-request override provider is taken out of the extensions (a reference count):
+        // they are lent to the rest of the chain while the request is on its way.
         let planned: Option<(AuthorizeFuture, Option<Arc<dyn AuthorizationProvider>>)> = {
             let url = req.url();
             let view = RequestView::new(
@@ -170,13 +172,19 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
                 Plan::PassThrough => None,
                 Plan::Authorize(provider) => Some((
                     provider.authorize(&view),
-                    // Only a provider that may answer `Retry` is kept for a 401.
-                    provider.can_recover().then(|| provider.to_owned()),
+                    match provider {
+                        ProviderRef::Default(_) => None,
+                        ProviderRef::Override(other) => Some(Arc::clone(other)),
+                    },
                 )),
             }
         };
-        let Some((authorize, recovery)) = planned else {
+        let Some((authorize, overridden)) = planned else {
             return next.run(req, extensions).await;
+        };
+        let provider: &dyn AuthorizationProvider = match &overridden {
+            Some(other) => &**other,
+            None => &*self.provider,
         };
 
         // No credential: the request is not sent.
@@ -184,17 +192,17 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
 
-        let Some(provider) = recovery else {
-            credential.apply(req.headers_mut());
-            return next.run(req, extensions).await;
-        };
-
-        // The snapshot for a retry is taken before the first send, without the credential. A
-        // streaming body cannot be cloned: the request is sent once and a 401 is returned as is.
-        let Some(mut snapshot) = req.try_clone() else {
+        // Only a provider that may answer `Retry` needs the snapshot, taken before the first
+        // send, without the credential. A streaming body cannot be cloned: the request is sent
+        // once and a 401 is returned as is.
+        let can_recover = provider.can_recover();
+        let snapshot = if can_recover { req.try_clone() } else { None };
+        let Some(mut snapshot) = snapshot else {
             credential.apply(req.headers_mut());
             let response = next.run(req, extensions).await?;
-            if response.status() == StatusCode::UNAUTHORIZED {
+            if response.status() != StatusCode::UNAUTHORIZED {
+                provider.on_accepted(&credential);
+            } else if can_recover {
                 tracing::debug!(
                     status = response.status().as_u16(),
                     "401 returned without a retry: the request body could not be cloned before sending"
@@ -207,6 +215,7 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
         let retry_next = next.clone();
         let response = next.run(req, extensions).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
+            provider.on_accepted(&credential);
             return Ok(response);
         }
 
@@ -233,7 +242,13 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
                 );
                 drop(response);
                 fresh.apply(snapshot.headers_mut());
-                retry_next.run(snapshot, extensions).await
+                // The retry's answer is returned whatever it is; anything but a 401 means the
+                // new credential was accepted.
+                let response = retry_next.run(snapshot, extensions).await?;
+                if response.status() != StatusCode::UNAUTHORIZED {
+                    provider.on_accepted(&fresh);
+                }
+                Ok(response)
             }
             Ok(_) => Ok(response),
             Err(error) => Err(reqwest_middleware::Error::middleware(error)),

@@ -3,18 +3,22 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use client_auth::{AuthorizationProvider, ManualClock, OAuthProvider, SessionState, StaticToken};
+use client_auth::{
+    AuthorizationProvider, AuthorizeFuture, Credential, Generation, ManualClock, OAuthProvider,
+    RequestView, SessionState, StaticToken, Unauthorized, UnauthorizedFuture,
+};
 use client_auth_reqwest::reqwest_middleware::{
     self, ClientBuilder, ClientWithMiddleware, Middleware, Next, reqwest,
 };
 use client_auth_reqwest::{AuthorizationControl, AuthorizationMiddleware};
 use client_auth_testkit::{ServerConfig, TestServer};
 use http::header::AUTHORIZATION;
-use http::{Extensions, StatusCode};
+use http::{Extensions, HeaderMap, HeaderValue, StatusCode};
 use reqwest::Body;
 use serde_json::Value;
 
@@ -609,4 +613,240 @@ async fn a_provider_error_means_the_request_is_not_sent() {
         Some(client_auth::Error::NoCredentials)
     ));
     assert!(server.seen_requests().is_empty());
+}
+
+// ---- acceptance reports ----------------------------------------------------------------------
+
+/// A provider with scripted credentials that records what the middleware tells it: requests
+/// get `first` (generation 1); a 401 is answered with `retry` (generation 2) or given up.
+struct Counting {
+    first: &'static str,
+    retry: Option<&'static str>,
+    recover: bool,
+    unauthorized_calls: AtomicUsize,
+    /// The generation of every credential reported accepted, in order.
+    accepted: Mutex<Vec<u64>>,
+}
+
+impl Counting {
+    fn new(first: &'static str, retry: Option<&'static str>) -> Self {
+        Self {
+            first,
+            retry,
+            recover: true,
+            unauthorized_calls: AtomicUsize::new(0),
+            accepted: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn cannot_recover(mut self) -> Self {
+        self.recover = false;
+        self
+    }
+
+    fn accepted(&self) -> Vec<u64> {
+        self.accepted.lock().unwrap().clone()
+    }
+}
+
+impl AuthorizationProvider for Counting {
+    fn authorize(&self, _: &RequestView<'_>) -> AuthorizeFuture {
+        AuthorizeFuture::ready(Ok(Credential::new(
+            HeaderValue::from_static(self.first),
+            Generation::new(1),
+        )))
+    }
+
+    fn on_unauthorized(
+        &self,
+        failed: &Credential,
+        _: StatusCode,
+        _: &HeaderMap,
+    ) -> UnauthorizedFuture {
+        assert_eq!(failed.generation(), Generation::new(1));
+        self.unauthorized_calls.fetch_add(1, Ordering::SeqCst);
+        let answer = match self.retry {
+            Some(value) => Unauthorized::Retry(Credential::new(
+                HeaderValue::from_static(value),
+                Generation::new(2),
+            )),
+            None => Unauthorized::GiveUp,
+        };
+        // The slow path, as a refresh would be.
+        UnauthorizedFuture::pending(async move { Ok(answer) })
+    }
+
+    fn can_recover(&self) -> bool {
+        self.recover
+    }
+
+    fn on_accepted(&self, credential: &Credential) {
+        self.accepted
+            .lock()
+            .unwrap()
+            .push(credential.generation().get());
+    }
+}
+
+const ACCEPTED: &str = "Token SECRET-KEY";
+const REJECTED: &str = "Token wrong";
+
+/// A request to `path` on `server`, with a body reqwest can clone, or one it cannot.
+async fn send_to(
+    server: &TestServer,
+    provider: &Arc<Counting>,
+    path: &str,
+    streaming: bool,
+) -> reqwest::Response {
+    let client = client(middleware_for(server, Arc::clone(provider)));
+    let request = client.post(server.url(path));
+    let request = if streaming {
+        request.body(Body::wrap(http_body_util::Full::new(Bytes::from_static(
+            b"streamed",
+        ))))
+    } else {
+        request.body("copied")
+    };
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn on_accepted_is_told_the_stamped_generation_once_for_any_answer_but_a_401() {
+    let server = TestServer::start_with(ServerConfig::default().api_key(KEY))
+        .await
+        .unwrap();
+    for (path, status) in [
+        ("/api/echo", StatusCode::OK),
+        ("/api/forbidden", StatusCode::FORBIDDEN),
+    ] {
+        for (how, provider, streaming) in [
+            ("snapshot", Counting::new(ACCEPTED, None), false),
+            (
+                "cannot recover",
+                Counting::new(ACCEPTED, None).cannot_recover(),
+                false,
+            ),
+            ("body not cloneable", Counting::new(ACCEPTED, None), true),
+        ] {
+            let provider = Arc::new(provider);
+            let response = send_to(&server, &provider, path, streaming).await;
+            assert_eq!(response.status(), status, "{path}, {how}");
+            assert_eq!(provider.accepted(), [1], "{path}, {how}");
+            assert_eq!(provider.unauthorized_calls.load(Ordering::SeqCst), 0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn on_accepted_is_told_the_retry_credential_after_401_retry_200() {
+    let server = TestServer::start_with(ServerConfig::default().api_key(KEY))
+        .await
+        .unwrap();
+    let provider = Arc::new(Counting::new(REJECTED, Some(ACCEPTED)));
+
+    let response = send_to(&server, &provider, "/api/echo", false).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(calls(&server), statuses(&[(401, 1), (200, 1)]));
+    assert_eq!(provider.unauthorized_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        provider.accepted(),
+        [2],
+        "only the retry's credential, once"
+    );
+}
+
+#[tokio::test]
+async fn on_accepted_is_not_called_for_a_401_that_is_returned() {
+    let server = TestServer::start_with(ServerConfig::default().api_key(KEY))
+        .await
+        .unwrap();
+    for (how, provider, streaming, sends) in [
+        (
+            "the retry's 401",
+            Counting::new(REJECTED, Some(REJECTED)),
+            false,
+            2,
+        ),
+        ("given up", Counting::new(REJECTED, None), false, 1),
+        (
+            "cannot recover",
+            Counting::new(REJECTED, None).cannot_recover(),
+            false,
+            1,
+        ),
+        (
+            "body not cloneable",
+            Counting::new(REJECTED, Some(ACCEPTED)),
+            true,
+            1,
+        ),
+    ] {
+        let provider = Arc::new(provider);
+        let before = calls(&server).get(&401).copied().unwrap_or(0);
+        let response = send_to(&server, &provider, "/api/echo", streaming).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{how}");
+        assert_eq!(calls(&server)[&401] - before, sends, "{how}");
+        assert_eq!(provider.accepted(), Vec::<u64>::new(), "{how}");
+    }
+}
+
+#[tokio::test]
+async fn on_accepted_is_not_called_for_requests_the_middleware_did_not_stamp() {
+    let server = TestServer::start_with(ServerConfig::default().api_key(KEY))
+        .await
+        .unwrap();
+    let elsewhere = TestServer::start_with(ServerConfig::default().api_key(KEY))
+        .await
+        .unwrap();
+    let provider = Arc::new(Counting::new(ACCEPTED, None));
+    let client = client(middleware_for(&server, Arc::clone(&provider)));
+
+    // Answers other than 401 all: the caller's own credential, a skipped request and a
+    // request to another origin (both to a path that needs none).
+    let caller_set = client
+        .get(server.resource_url())
+        .header(AUTHORIZATION, ACCEPTED)
+        .send()
+        .await
+        .unwrap();
+    let skipped = client
+        .get(server.url("/needs-no-credential"))
+        .with_extension(AuthorizationControl::Skip)
+        .send()
+        .await
+        .unwrap();
+    let foreign = client
+        .get(elsewhere.url("/needs-no-credential"))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(caller_set.status(), StatusCode::OK);
+    assert_eq!(skipped.status(), StatusCode::NOT_FOUND);
+    assert_eq!(foreign.status(), StatusCode::NOT_FOUND);
+    assert_eq!(provider.accepted(), Vec::<u64>::new());
+}
+
+#[tokio::test]
+async fn on_accepted_goes_to_the_per_request_provider_that_stamped() {
+    let server = TestServer::start_with(ServerConfig::default().api_key(KEY))
+        .await
+        .unwrap();
+    let provider = Arc::new(Counting::new(ACCEPTED, None));
+    let client = client(middleware_for(&server, Arc::clone(&provider)));
+    let other = Arc::new(Counting::new(REJECTED, Some(ACCEPTED)));
+
+    let response = client
+        .get(server.resource_url())
+        .with_extension(AuthorizationControl::Provider(
+            Arc::clone(&other) as Arc<dyn AuthorizationProvider>
+        ))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(other.accepted(), [2], "the override's retry credential");
+    assert_eq!(provider.accepted(), Vec::<u64>::new());
 }

@@ -1,5 +1,5 @@
-//! The response future: a state machine that waits for a credential, sends, and retries a 401
-//! at most once.
+//! The response future: a state machine that waits for a credential, sends, tells the provider
+//! how the server answered, and retries a 401 at most once.
 
 use std::fmt;
 use std::future::Future;
@@ -21,7 +21,10 @@ pin_project! {
     ///
     /// Depending on the request it waits for the provider's credential (a refresh), makes a
     /// clone of the inner service ready and sends, and after a 401 for a credential it
-    /// stamped asks the provider whether to retry, then sends once more. It resolves to the
+    /// stamped asks the provider whether to retry, then sends once more. Any other answer to
+    /// a request it stamped (the first send or the retry) is reported to the provider as the
+    /// credential being accepted
+    /// ([`on_accepted`](client_auth::AuthorizationProvider::on_accepted)). It resolves to the
     /// inner service's response, or to a [`BoxError`] holding either the inner service's
     /// error or the provider's [`client_auth::Error`] (downcast it to tell which).
     pub struct ResponseFuture<S, B>
@@ -34,6 +37,9 @@ pin_project! {
         service: Option<S>,
         // The request to send once `service` is ready (and, first, once it is stamped).
         request: Option<Request<B>>,
+        // The provider and the credential of a request the layer stamps; `None` when the
+        // request passes through untouched.
+        stamp: Option<Stamp>,
         // What a 401 can lead to.
         retry: Retry<B>,
         // The 401 kept while the provider decides about it.
@@ -95,33 +101,44 @@ impl<B> Snapshot<B> {
     }
 }
 
+/// The provider a stamped request answers to, and the credential it was (or will be) sent
+/// with: told about a 401 (`on_unauthorized`) or any other answer (`on_accepted`).
+pub(crate) struct Stamp {
+    provider: Arc<dyn AuthorizationProvider>,
+    /// Set when the request is stamped (at once on the fresh path, after the wait otherwise),
+    /// replaced by the retry's.
+    credential: Option<Credential>,
+}
+
+impl Stamp {
+    /// A request stamped with `credential` (the fresh path).
+    pub(crate) fn sent(provider: Arc<dyn AuthorizationProvider>, credential: Credential) -> Self {
+        Self {
+            provider,
+            credential: Some(credential),
+        }
+    }
+
+    /// A request that waits for its credential.
+    pub(crate) fn pending(provider: Arc<dyn AuthorizationProvider>) -> Self {
+        Self {
+            provider,
+            credential: None,
+        }
+    }
+}
+
 /// Whether, and how, a 401 can be retried.
 pub(crate) enum Retry<B> {
     /// Never: no credential stamped, or a provider that never recovers.
     Never,
     /// The provider could recover, but the body could not be copied before the send.
     BodyNotCloned,
-    /// One retry is possible once the provider says so.
-    Armed {
-        // Boxed: the snapshot allocates anyway (headers), and the future stays small on the
-        // paths that take none.
-        snapshot: Box<Snapshot<B>>,
-        provider: Arc<dyn AuthorizationProvider>,
-        /// The credential the request was sent with (set when it is stamped).
-        credential: Option<Credential>,
-    },
+    /// One retry is possible once the provider says so. Boxed: the snapshot allocates anyway
+    /// (headers), and the future stays small on the paths that take none.
+    Armed(Box<Snapshot<B>>),
     /// The retry was made.
     Spent,
-}
-
-impl<B> Retry<B> {
-    /// Keeps `sent` if a retry is possible (the provider needs it to judge the 401).
-    pub(crate) fn remember(mut self, sent: Credential) -> Self {
-        if let Retry::Armed { credential, .. } = &mut self {
-            *credential = Some(sent);
-        }
-        self
-    }
 }
 
 /// A state the future can only reach through a bug; reported instead of panicking.
@@ -145,16 +162,29 @@ where
     S: Service<Request<B>>,
 {
     pub(crate) fn pass_through(future: S::Future) -> Self {
-        Self::with(State::PassThrough { future }, None, None, Retry::Never)
+        Self::with(
+            State::PassThrough { future },
+            None,
+            None,
+            None,
+            Retry::Never,
+        )
     }
 
-    pub(crate) fn sent(future: S::Future, service: Option<S>, retry: Retry<B>) -> Self {
-        Self::with(State::Sent { future }, service, None, retry)
+    /// A request stamped and sent at once; `stamp` holds its credential.
+    pub(crate) fn sent(
+        future: S::Future,
+        service: Option<S>,
+        stamp: Stamp,
+        retry: Retry<B>,
+    ) -> Self {
+        Self::with(State::Sent { future }, service, None, Some(stamp), retry)
     }
 
     pub(crate) fn failed(error: client_auth::Error) -> Self {
         Self::with(
             State::Failed { error: Some(error) },
+            None,
             None,
             None,
             Retry::Never,
@@ -165,12 +195,14 @@ where
         credential: AuthorizeFuture,
         service: S,
         request: Request<B>,
+        stamp: Stamp,
         retry: Retry<B>,
     ) -> Self {
         Self::with(
             State::Authorizing { credential },
             Some(service),
             Some(request),
+            Some(stamp),
             retry,
         )
     }
@@ -179,12 +211,14 @@ where
         state: State<S::Future>,
         service: Option<S>,
         request: Option<Request<B>>,
+        stamp: Option<Stamp>,
         retry: Retry<B>,
     ) -> Self {
         Self {
             state,
             service,
             request,
+            stamp,
             retry,
             unauthorized: None,
         }
@@ -216,13 +250,13 @@ where
                             return Poll::Ready(Err(Box::new(error)));
                         }
                     };
-                    let Some(request) = this.request.as_mut() else {
+                    let (Some(request), Some(stamp)) = (this.request.as_mut(), this.stamp.as_mut())
+                    else {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(invalid("no request to stamp")));
                     };
                     credential.apply(request.headers_mut());
-                    let retry = std::mem::replace(this.retry, Retry::Never);
-                    *this.retry = retry.remember(credential);
+                    stamp.credential = Some(credential);
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {
@@ -249,16 +283,21 @@ where
                             return Poll::Ready(Err(error.into()));
                         }
                     };
+                    let stamped = this.stamp.as_ref().and_then(|stamp| {
+                        let credential = stamp.credential.as_ref()?;
+                        Some((&stamp.provider, credential))
+                    });
                     if response.status() != StatusCode::UNAUTHORIZED {
+                        // The server took the credential (whatever it then answered): the
+                        // provider learns that this token works, without a lock or a copy.
+                        if let Some((provider, credential)) = stamped {
+                            provider.on_accepted(credential);
+                        }
                         this.state.set(State::Done);
                         return Poll::Ready(Ok(response));
                     }
-                    match &*this.retry {
-                        Retry::Armed {
-                            provider,
-                            credential: Some(credential),
-                            ..
-                        } => {
+                    match (&*this.retry, stamped) {
+                        (Retry::Armed(_), Some((provider, credential))) => {
                             let answer = provider.on_unauthorized(
                                 credential,
                                 response.status(),
@@ -267,7 +306,7 @@ where
                             *this.unauthorized = Some(response);
                             this.state.set(State::Unauthorized { answer });
                         }
-                        Retry::BodyNotCloned => {
+                        (Retry::BodyNotCloned, _) => {
                             tracing::warn!(
                                 status = response.status().as_u16(),
                                 "401 not retried: the request body could not be copied before \
@@ -276,11 +315,7 @@ where
                             this.state.set(State::Done);
                             return Poll::Ready(Ok(response));
                         }
-                        Retry::Never
-                        | Retry::Spent
-                        | Retry::Armed {
-                            credential: None, ..
-                        } => {
+                        (Retry::Never | Retry::Spent | Retry::Armed(_), _) => {
                             this.state.set(State::Done);
                             return Poll::Ready(Ok(response));
                         }
@@ -290,15 +325,18 @@ where
                     let answer = ready!(Pin::new(answer).poll(cx));
                     let retry = std::mem::replace(this.retry, Retry::Spent);
                     match (answer, retry) {
-                        (Ok(Unauthorized::Retry(credential)), Retry::Armed { snapshot, .. }) => {
+                        (Ok(Unauthorized::Retry(credential)), Retry::Armed(snapshot)) => {
                             tracing::debug!(
                                 generation = credential.generation().get(),
                                 "401: retrying once with a new credential"
                             );
                             // The 401's body is dropped unread; the retry's answer is returned
-                            // whatever it is.
+                            // whatever it is, and reported against the retry's credential.
                             *this.unauthorized = None;
                             *this.request = Some((*snapshot).into_request(&credential));
+                            if let Some(stamp) = this.stamp.as_mut() {
+                                stamp.credential = Some(credential);
+                            }
                             this.state.set(State::Ready);
                         }
                         (Ok(_), _) => {
@@ -350,7 +388,7 @@ where
         let retry = match &self.retry {
             Retry::Never => "Never",
             Retry::BodyNotCloned => "BodyNotCloned",
-            Retry::Armed { .. } => "Armed",
+            Retry::Armed(_) => "Armed",
             Retry::Spent => "Spent",
         };
         f.debug_struct("ResponseFuture")

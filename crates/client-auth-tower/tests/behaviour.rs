@@ -44,6 +44,8 @@ struct Fake {
     on_401: On401,
     authorize_calls: AtomicUsize,
     unauthorized_calls: AtomicUsize,
+    /// The generation of every credential reported accepted, in order.
+    accepted: Mutex<Vec<u64>>,
 }
 
 impl Fake {
@@ -55,7 +57,12 @@ impl Fake {
             on_401: On401::Retry,
             authorize_calls: AtomicUsize::new(0),
             unauthorized_calls: AtomicUsize::new(0),
+            accepted: Mutex::new(Vec::new()),
         }
+    }
+
+    fn accepted(&self) -> Vec<u64> {
+        self.accepted.lock().unwrap().clone()
     }
 }
 
@@ -105,6 +112,13 @@ impl AuthorizationProvider for Fake {
 
     fn can_recover(&self) -> bool {
         self.recover
+    }
+
+    fn on_accepted(&self, credential: &Credential) {
+        self.accepted
+            .lock()
+            .unwrap()
+            .push(credential.generation().get());
     }
 }
 
@@ -502,6 +516,164 @@ async fn boxed_bodies_work_and_an_empty_one_is_rebuilt_for_the_retry() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+// ---- acceptance --------------------------------------------------------------------------
+
+/// How a stamped request can travel: fresh or after a wait for the credential, with a
+/// snapshot for the retry, without one (a provider that cannot recover), or with a body that
+/// could not be copied.
+fn stamped_paths() -> Vec<(String, Fake, bool)> {
+    let mut paths = Vec::new();
+    for gated in [false, true] {
+        for (path, recover, never_clone) in [
+            ("snapshot", true, false),
+            ("cannot recover", false, false),
+            ("body not cloned", true, true),
+        ] {
+            let mut fake = Fake::new();
+            fake.recover = recover;
+            if gated {
+                let gate = Arc::new(Notify::new());
+                gate.notify_one();
+                fake.gate = Some(gate);
+            }
+            let when = if gated { "waited" } else { "fresh" };
+            paths.push((format!("{when}, {path}"), fake, never_clone));
+        }
+    }
+    paths
+}
+
+/// `provider`'s layer around `server`, with the default clone hook or `NeverClone`.
+fn layered(
+    provider: &Arc<Fake>,
+    server: &Server,
+    never_clone: bool,
+) -> tower::util::BoxService<Request<Full<Bytes>>, Response<String>, BoxError> {
+    let layer = AuthorizeLayer::from_arc(Arc::clone(provider), origins());
+    if never_clone {
+        tower::util::BoxService::new(layer.clone_body_with(NeverClone).layer(server.service()))
+    } else {
+        tower::util::BoxService::new(layer.layer(server.service()))
+    }
+}
+
+#[tokio::test]
+async fn on_accepted_is_told_the_stamped_generation_once_for_any_answer_but_a_401() {
+    for status in [StatusCode::OK, StatusCode::FORBIDDEN, StatusCode::NOT_FOUND] {
+        for (path, fake, never_clone) in stamped_paths() {
+            let server = Server::answering(&[status]);
+            let provider = Arc::new(fake);
+            let mut service = layered(&provider, &server, never_clone);
+            let response = send(&mut service, get("/v1")).await.unwrap();
+            assert_eq!(response.status(), status);
+            assert_eq!(provider.accepted(), [1], "{status}, {path}");
+            assert_eq!(provider.unauthorized_calls.load(Ordering::SeqCst), 0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn on_accepted_is_told_the_retry_credential_after_401_retry_200() {
+    for gated in [false, true] {
+        let server = Server::answering(&[StatusCode::UNAUTHORIZED]);
+        let mut fake = Fake::new();
+        if gated {
+            let gate = Arc::new(Notify::new());
+            gate.notify_one();
+            fake.gate = Some(gate);
+        }
+        let provider = Arc::new(fake);
+        let mut service = layered(&provider, &server, false);
+        let response = send(&mut service, get("/v1")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(auth(&server.seen()[1]), Some("Bearer t2"));
+        assert_eq!(
+            provider.accepted(),
+            [2],
+            "only the retry's credential, once (gated = {gated})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn on_accepted_is_not_called_for_a_401_that_is_returned() {
+    // The retry's 401.
+    let server = Server::answering(&[StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED]);
+    let provider = Arc::new(Fake::new());
+    let response = send(&mut layered(&provider, &server, false), get("/v1"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(server.seen().len(), 2);
+    assert_eq!(provider.accepted(), Vec::<u64>::new(), "after a retry");
+
+    // A provider that gives up.
+    let server = Server::answering(&[StatusCode::UNAUTHORIZED]);
+    let mut fake = Fake::new();
+    fake.on_401 = On401::GiveUp;
+    let provider = Arc::new(fake);
+    let response = send(&mut layered(&provider, &server, false), get("/v1"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(provider.accepted(), Vec::<u64>::new(), "given up");
+
+    // No retry possible: every path a stamped request takes.
+    for (path, fake, never_clone) in stamped_paths() {
+        let server = Server::answering(&[StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED]);
+        let provider = Arc::new(fake);
+        let response = send(&mut layered(&provider, &server, never_clone), get("/v1"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(provider.accepted(), Vec::<u64>::new(), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn on_accepted_is_not_called_for_requests_the_layer_did_not_stamp() {
+    let server = Server::default();
+    let provider = Arc::new(Fake::new());
+    let mut service = layered(&provider, &server, false);
+
+    let mut caller_set = get("/v1");
+    caller_set
+        .headers_mut()
+        .insert(AUTHORIZATION, HeaderValue::from_static("Bearer caller"));
+    let mut skipped = get("/v1");
+    skipped.extensions_mut().insert(AuthorizationControl::Skip);
+    let foreign = Request::get("https://cdn.example.net/x")
+        .body(Full::default())
+        .unwrap();
+    for request in [caller_set, skipped, foreign] {
+        let response = send(&mut service, request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    assert_eq!(server.seen().len(), 3);
+    assert_eq!(provider.authorize_calls.load(Ordering::SeqCst), 0);
+    assert_eq!(provider.accepted(), Vec::<u64>::new());
+}
+
+#[tokio::test]
+async fn on_accepted_goes_to_the_per_request_provider_that_stamped() {
+    let server = Server::default();
+    let provider = Arc::new(Fake::new());
+    let mut service = layered(&provider, &server, false);
+    let other = Arc::new(Fake::new());
+    let mut request = get("/v1");
+    request
+        .extensions_mut()
+        .insert(AuthorizationControl::Provider(
+            Arc::clone(&other) as Arc<dyn AuthorizationProvider>
+        ));
+
+    send(&mut service, request).await.unwrap();
+
+    assert_eq!(other.accepted(), [1]);
+    assert_eq!(provider.accepted(), Vec::<u64>::new());
 }
 
 // ---- per-request control -----------------------------------------------------------------
