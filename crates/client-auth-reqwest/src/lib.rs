@@ -46,6 +46,10 @@
 //!    rest of the middleware chain and with the same extensions (at most once); `GiveUp`
 //!    returns the 401; a session that ended comes back as an error. 403 (including
 //!    `insufficient_scope`) and every other status are returned untouched.
+//! 6. **Accepted.** Any other answer to a request it stamped is reported to the provider
+//!    ([`AuthorizationProvider::on_accepted`](client_auth::AuthorizationProvider::on_accepted)):
+//!    the OAuth provider then knows that a later 401 for that token means it was revoked, and
+//!    refreshes at once.
 //!
 //! A request whose body cannot be cloned (a streaming body, `reqwest::Body::wrap_stream`) is
 //! sent once, and a 401 to it is returned unchanged: it never fails up front for want of a

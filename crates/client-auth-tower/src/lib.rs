@@ -70,6 +70,9 @@
 //!    status is retried, 403 included. If the body could not be copied, the 401 is returned
 //!    unchanged and a `tracing` warning says the retry was skipped; the request never fails
 //!    up front because of its body.
+//! 5. Any other answer to a request it stamped is reported to the provider as accepted
+//!    ([`AuthorizationProvider::on_accepted`], no lock, no allocation): the OAuth provider then
+//!    knows that a later 401 for that token means it was revoked, and refreshes at once.
 //!
 //! # Per-request control
 //!
@@ -185,6 +188,7 @@
 //! `reqwest` or `tower` feature for the token-endpoint transport you use.
 //!
 //! [`AuthorizationProvider::can_recover`]: client_auth::AuthorizationProvider::can_recover
+//! [`AuthorizationProvider::on_accepted`]: client_auth::AuthorizationProvider::on_accepted
 
 mod body;
 mod future;
