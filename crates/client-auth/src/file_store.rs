@@ -67,7 +67,8 @@ const WRITE_LOCK_WAIT: Duration = Duration::from_secs(5);
 /// long as its holder lives.
 ///
 /// Compare-and-delete ([`clear_if_refresh_token`](TokenStore::clear_if_refresh_token)) is
-/// atomic against the saves of every process on the host (see the [module docs](self)).
+/// atomic against the saves of every process on the host: both take a short per-namespace
+/// write lock (`<namespace>.write.lock`).
 ///
 /// A file that cannot be read or parsed is a permanent [`StoreError`]; it is never deleted or
 /// overwritten by a load, so it can be inspected. Errors name the file, never its content.

@@ -76,7 +76,10 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
 
     /// A waiter on the operation in flight, if there is one.
     pub(crate) fn current(&self) -> Option<Waiter<T>> {
-        self.inner.lock().as_ref().map(|s| Waiter { rx: s.rx.clone() })
+        self.inner
+            .lock()
+            .as_ref()
+            .map(|s| Waiter { rx: s.rx.clone() })
     }
 
     /// Joins the operation in flight, or spawns `operation` on the current tokio runtime.
@@ -100,10 +103,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
             }
             let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = watch::channel(None);
-            *slot = Some(Slot {
-                id,
-                rx: rx.clone(),
-            });
+            *slot = Some(Slot { id, rx: rx.clone() });
             self.inner.running.store(true, Ordering::Release);
             let completion = Completion {
                 tx: Some(tx),
