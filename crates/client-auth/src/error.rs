@@ -202,6 +202,31 @@ impl OAuthError {
     }
 }
 
+impl OAuthError {
+    /// Replaces every occurrence of a known secret (the refresh token sent, the client secret)
+    /// in the server's text: a server may echo what it was sent.
+    pub(crate) fn redact(&mut self, secrets: &[&str]) {
+        for text in std::iter::once(&mut self.code).chain(self.description.as_mut()) {
+            for secret in secrets.iter().filter(|s| !s.is_empty()) {
+                if text.contains(secret) {
+                    *text = text.replace(secret, "[redacted]");
+                }
+            }
+        }
+    }
+}
+
+impl Error {
+    /// This error with known secrets removed from any server-provided text.
+    pub(crate) fn redacted(mut self, secrets: &[&str]) -> Self {
+        match &mut self {
+            Error::Rejected(e) | Error::SessionEnded(SessionEnd::Server(e)) => e.redact(secrets),
+            _ => {}
+        }
+        self
+    }
+}
+
 fn clean_text(s: &str) -> String {
     s.chars()
         .filter(|c| !c.is_control())

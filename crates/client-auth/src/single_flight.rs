@@ -12,6 +12,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -26,11 +27,24 @@ struct Inner<T> {
     slot: Mutex<Option<Slot<T>>>,
     running: AtomicBool,
     next_id: AtomicU64,
+    /// An operation older than this is taken for stranded (its runtime is no longer driven):
+    /// the next caller starts a new one, and waiters stop waiting for it.
+    max_age: Option<Duration>,
 }
 
 struct Slot<T> {
     id: u64,
     rx: watch::Receiver<Option<T>>,
+    started: Instant,
+}
+
+impl<T> Slot<T> {
+    fn waiter(&self, max_age: Option<Duration>) -> Waiter<T> {
+        Waiter {
+            rx: self.rx.clone(),
+            deadline: max_age.and_then(|age| self.started.checked_add(age)),
+        }
+    }
 }
 
 impl<T> fmt::Debug for SingleFlight<T> {
@@ -43,17 +57,29 @@ impl<T> fmt::Debug for SingleFlight<T> {
 
 impl<T> Default for SingleFlight<T> {
     fn default() -> Self {
+        Self::with_max_age(None)
+    }
+}
+
+impl<T> SingleFlight<T> {
+    /// A single flight whose operations count as stranded after `max_age` of real time.
+    pub(crate) fn with_max_age(max_age: Option<Duration>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 slot: Mutex::new(None),
                 running: AtomicBool::new(false),
                 next_id: AtomicU64::new(0),
+                max_age,
             }),
         }
     }
 }
 
 impl<T> Inner<T> {
+    fn stranded(&self, slot: &Slot<T>) -> bool {
+        self.max_age.is_some_and(|age| slot.started.elapsed() > age)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Option<Slot<T>>> {
         // Every critical section is a single assignment or clone: a poisoned lock is consistent.
         self.slot.lock().unwrap_or_else(PoisonError::into_inner)
@@ -76,10 +102,12 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
 
     /// A waiter on the operation in flight, if there is one.
     pub(crate) fn current(&self) -> Option<Waiter<T>> {
+        let max_age = self.inner.max_age;
         self.inner
             .lock()
             .as_ref()
-            .map(|s| Waiter { rx: s.rx.clone() })
+            .filter(|s| !self.inner.stranded(s))
+            .map(|s| s.waiter(max_age))
     }
 
     /// Joins the operation in flight, or spawns `operation` on the current tokio runtime.
@@ -99,18 +127,29 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         let (waiter, completion) = {
             let mut slot = self.inner.lock();
             if let Some(s) = slot.as_ref() {
-                return Ok(Waiter { rx: s.rx.clone() });
+                if !self.inner.stranded(s) {
+                    return Ok(s.waiter(self.inner.max_age));
+                }
+                tracing::warn!(
+                    "a refresh has not finished for longer than it may take (its runtime is no longer driven?); starting another"
+                );
             }
             let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = watch::channel(None);
-            *slot = Some(Slot { id, rx: rx.clone() });
+            let started = Slot {
+                id,
+                rx,
+                started: Instant::now(),
+            };
+            let waiter = started.waiter(self.inner.max_age);
+            *slot = Some(started);
             self.inner.running.store(true, Ordering::Release);
             let completion = Completion {
                 tx: Some(tx),
                 inner: Arc::clone(&self.inner),
                 id,
             };
-            (Waiter { rx }, completion)
+            (waiter, completion)
         };
         // Spawned outside the slot lock: a runtime that is shutting down drops the task at
         // once, and the completion's drop takes that lock to free the slot.
@@ -163,6 +202,8 @@ impl<T> Drop for Completion<T> {
 /// Waits for one operation's outcome.
 pub(crate) struct Waiter<T> {
     rx: watch::Receiver<Option<T>>,
+    /// Past this, the operation counts as stranded and the wait ends.
+    deadline: Option<Instant>,
 }
 
 impl<T> fmt::Debug for Waiter<T> {
@@ -172,9 +213,26 @@ impl<T> fmt::Debug for Waiter<T> {
 }
 
 impl<T: Clone> Waiter<T> {
-    /// The outcome, or [`Error::RefreshAborted`] if the operation was dropped first.
+    /// The outcome, or [`Error::RefreshAborted`] if the operation was dropped first or is
+    /// stranded.
     pub(crate) async fn wait(mut self) -> Result<T, Error> {
-        match self.rx.wait_for(Option::is_some).await {
+        let outcome = self.rx.wait_for(Option::is_some);
+        // The deadline needs tokio's timer: a waiter polled outside a runtime waits without it.
+        let deadline = self
+            .deadline
+            .filter(|_| tokio::runtime::Handle::try_current().is_ok());
+        let outcome = match deadline {
+            None => outcome.await,
+            Some(deadline) => {
+                match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), outcome)
+                    .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => return Err(Error::RefreshAborted),
+                }
+            }
+        };
+        match outcome {
             Ok(value) => value.clone().ok_or(Error::RefreshAborted),
             Err(_) => Err(Error::RefreshAborted),
         }
@@ -242,6 +300,22 @@ mod tests {
                 .await
         });
         assert_eq!(again.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stranded_operation_is_replaced_and_its_waiters_released() {
+        let flight = SingleFlight::<u32>::with_max_age(Some(Duration::from_millis(50)));
+        let stuck = flight
+            .join_or_start(|done| async move {
+                std::future::pending::<()>().await;
+                done.complete(1);
+            })
+            .unwrap();
+        assert!(matches!(stuck.wait().await, Err(Error::RefreshAborted)));
+        let fresh = flight
+            .join_or_start(|done| async move { done.complete(2) })
+            .unwrap();
+        assert_eq!(fresh.wait().await.unwrap(), 2);
     }
 
     #[test]

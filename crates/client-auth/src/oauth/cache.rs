@@ -14,7 +14,7 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
@@ -106,7 +106,6 @@ struct State {
     short_lived: u32,
     /// 401s for never-accepted tokens refresh only after this instant.
     cooldown_until: Option<Instant>,
-    cooldown_step: u32,
     /// Bumped by every session operation; a refresh from an older epoch publishes nothing.
     epoch: u64,
 }
@@ -122,6 +121,11 @@ pub(crate) struct Engine {
     flight: SingleFlight<Outcome>,
     /// Serialises store writes of refreshes with those of session operations.
     write_gate: tokio::sync::Mutex<()>,
+    /// Counts `set_tokens` calls: a token request under way when it changes is abandoned, so
+    /// the new session's callers do not wait for it.
+    replaced: tokio::sync::watch::Sender<u64>,
+    /// Steps of the 401 cooldown for never-accepted tokens; reset when any token is accepted.
+    cooldown_step: AtomicU32,
     /// While backing off, no refresh-ahead before this point (nanoseconds after `base`), so the
     /// hot path in the soft window stays lock-free.
     ahead_not_before: AtomicU64,
@@ -138,6 +142,8 @@ struct Refreshed {
     /// What to write to the store (`None` when the tokens came from it).
     stored: Option<StoredTokens>,
     short_lived: bool,
+    /// Whether the token endpoint's answer carried a new refresh token.
+    rotated: bool,
 }
 
 /// A failed refresh, with a rotated refresh token its answer carried, if any.
@@ -153,6 +159,27 @@ impl From<Error> for Failed {
             rotated: None,
         }
     }
+}
+
+/// `work`, unless `set_tokens` is called first (`None`).
+async fn until_replaced<T>(
+    mut replaced: tokio::sync::watch::Receiver<u64>,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    let seen = *replaced.borrow_and_update();
+    let mut work = pin!(work);
+    let mut replaced = pin!(replaced.wait_for(|now| *now != seen));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        match replaced.as_mut().poll(cx) {
+            Poll::Ready(Ok(_)) => Poll::Ready(None),
+            // The sender lives in the engine, which this refresh holds: never closed here.
+            Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Tokens handed to `set_tokens` after validation.
@@ -173,6 +200,13 @@ impl Engine {
     ) -> Result<Self, Error> {
         let handed_in = refresh_token.is_some() || access_token.is_some();
         let base = clock.now();
+        // The longest a refresh can legitimately take: reads and writes of the store, the lease,
+        // the token request (twice, after an invalid_grant with a newer stored token).
+        let max_refresh = config
+            .store_timeout
+            .saturating_mul(8)
+            .saturating_add(config.lease_ttl)
+            .saturating_add(config.timeout.saturating_mul(3));
         let engine = Self {
             config,
             transport,
@@ -184,8 +218,10 @@ impl Engine {
                 loaded: handed_in,
                 ..State::default()
             }),
-            flight: SingleFlight::default(),
+            flight: SingleFlight::with_max_age(Some(max_refresh)),
             write_gate: tokio::sync::Mutex::new(()),
+            replaced: tokio::sync::watch::Sender::new(0),
+            cooldown_step: AtomicU32::new(0),
             ahead_not_before: AtomicU64::new(0),
             base,
             session: SessionWatch::new(if handed_in {
@@ -296,6 +332,8 @@ impl Engine {
             && !cached.accepted.load(Ordering::Relaxed)
         {
             cached.accepted.store(true, Ordering::Relaxed);
+            // Once per token: a token was accepted, so the 401 cooldown starts over.
+            self.cooldown_step.store(0, Ordering::Relaxed);
         }
     }
 
@@ -501,14 +539,30 @@ impl Engine {
             Err(e) => return self.publish(epoch, Err(e.into()), done),
         };
         let reread = lease.is_some();
-        let result = self
-            .renewing(lease.as_deref(), self.obtain(known, refresh_token, reread))
-            .await;
-        let outcome = self.commit(epoch, result, done).await;
-        if let Some(lease) = lease
-            && let Err(e) = self.store_op("release", lease.release()).await
-        {
-            tracing::warn!(error = %e, "could not release the refresh lease");
+        let obtained = until_replaced(
+            self.replaced.subscribe(),
+            self.renewing(lease.as_deref(), self.obtain(known, refresh_token, reread)),
+        )
+        .await;
+        let outcome = match obtained {
+            Some(result) => self.commit(epoch, result, done).await,
+            None => {
+                tracing::debug!("token request abandoned: set_tokens replaced the session");
+                done.release_slot();
+                None
+            }
+        };
+        if let Some(lease) = lease {
+            // Released in the background: the waiters get the outcome without waiting for it.
+            let limit = self.config.store_timeout;
+            let release = lease.release();
+            tokio::spawn(async move {
+                match tokio::time::timeout(limit, release).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "could not release the refresh lease"),
+                    Err(_) => tracing::warn!("the refresh lease release did not answer in time"),
+                }
+            });
         }
         outcome
     }
@@ -581,9 +635,33 @@ impl Engine {
         result: Result<Refreshed, (Failed, Option<RefreshToken>)>,
         done: &Completion<Outcome>,
     ) -> Option<Outcome> {
-        let _gate = self.write_gate.lock().await;
-        if self.lock().epoch != epoch {
+        let gate = self.write_gate.lock().await;
+        let (current_epoch, logged_out) = {
+            let st = self.lock();
+            let logged_out = matches!(
+                &st.ended,
+                Some(Error::NoSession {
+                    reason: SessionReason::Logout
+                })
+            );
+            (st.epoch, logged_out)
+        };
+        if current_epoch != epoch {
+            drop(gate);
             done.release_slot();
+            // A logout that raced this token request revoked the refresh token it knew; the
+            // one this answer rotated to would otherwise stay alive at the server.
+            let rotated = match result {
+                Ok(refreshed) if refreshed.rotated => refreshed.refresh_token,
+                Ok(_) => None,
+                Err((failed, _)) => failed.rotated,
+            };
+            if logged_out
+                && let (Some(url), Some(rotated)) = (&self.config.revocation_url, rotated)
+                && let Err(e) = self.revoke(url, &rotated).await
+            {
+                tracing::warn!(error = %e, "could not revoke the refresh token a logged-out session's refresh obtained");
+            }
             return None;
         }
         let ns = self.config.namespace.as_str();
@@ -697,6 +775,7 @@ impl Engine {
             reason,
             stored: None,
             short_lived: false,
+            rotated: false,
         })
     }
 
@@ -730,7 +809,7 @@ impl Engine {
             self.config.grant,
             self.clock.unix_now(),
         )
-        .map_err(rotated_on_failure)?;
+        .map_err(|e| rotated_on_failure(self.redacted(e, refresh_token.as_ref())))?;
         let mut lifetime = parsed.expires_in.or(self.config.assume_lifetime);
         let short_lived = lifetime.is_some_and(|l| l < self.config.min_lifetime);
         if short_lived {
@@ -771,7 +850,17 @@ impl Engine {
             reason: SessionReason::Refreshed,
             stored: Some(stored),
             short_lived,
+            rotated,
         })
+    }
+
+    /// `error` without the secrets this provider sends, should the server have echoed them.
+    fn redacted(&self, error: Error, refresh_token: Option<&RefreshToken>) -> Error {
+        let secret = self.config.client_secret.as_ref();
+        error.redacted(&[
+            refresh_token.map_or("", RefreshToken::expose_secret),
+            secret.map_or("", |s| s.expose_secret()),
+        ])
     }
 
     /// A store call, bounded by the store timeout.
@@ -859,9 +948,10 @@ impl Engine {
                     0
                 };
                 self.ahead_not_before.store(0, Ordering::Relaxed);
-                drop(st);
+                // Under the state lock: a session operation's state is never overwritten.
                 self.session
                     .set(SessionState::Authenticated(refreshed.reason));
+                drop(st);
                 Some(Ok(refreshed.cached))
             }
             Err(Failed { error, .. }) if error.is_session_ended() => {
@@ -877,9 +967,9 @@ impl Engine {
                 st.ended = Some(Error::NoSession {
                     reason: reason.clone(),
                 });
+                self.session.set(SessionState::NoSession(reason));
                 drop(st);
                 tracing::warn!(error = %error, "the session ended");
-                self.session.set(SessionState::NoSession(reason));
                 Some(Err(error))
             }
             Err(Failed { error, rotated }) => {
@@ -961,23 +1051,24 @@ impl Engine {
                     .filter(|c| c.credential.generation() == failed_generation);
                 match failed_current {
                     Some(cached) if cached.accepted.load(Ordering::Relaxed) => {
-                        st.cooldown_step = 0;
+                        self.cooldown_step.store(0, Ordering::Relaxed);
                         st.cooldown_until = None;
                     }
                     Some(_) => {
-                        if st.cooldown_until.is_some_and(|until| now < until) {
+                        let step = self.cooldown_step.load(Ordering::Relaxed);
+                        if step > 0 && st.cooldown_until.is_some_and(|until| now < until) {
                             tracing::debug!(
                                 "401 returned unchanged: the token was never accepted and the cooldown runs"
                             );
                             return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp));
                         }
-                        let exp = st.cooldown_step.min(30);
                         let delay = self
                             .config
                             .cooldown_initial
-                            .saturating_mul(1u32 << exp)
+                            .saturating_mul(1u32 << step.min(30))
                             .min(self.config.cooldown);
-                        st.cooldown_step = st.cooldown_step.saturating_add(1);
+                        self.cooldown_step
+                            .store(step.saturating_add(1), Ordering::Relaxed);
                         st.cooldown_until = now.checked_add(delay);
                     }
                     None => {}
@@ -1009,14 +1100,21 @@ impl Engine {
 
     /// Starts a session operation: a new epoch, so that no refresh started before it writes or
     /// publishes anything.
-    fn new_epoch(st: &mut State) {
+    fn new_epoch(&self, st: &mut State) -> u64 {
         st.epoch += 1;
         st.backoff = None;
         st.failures = 0;
         st.short_lived = 0;
         st.cooldown_until = None;
-        st.cooldown_step = 0;
         st.loaded = true;
+        self.cooldown_step.store(0, Ordering::Relaxed);
+        self.ahead_not_before.store(0, Ordering::Relaxed);
+        st.epoch
+    }
+
+    /// Whether `epoch` is still the latest session operation's (its store write is due).
+    fn is_latest(&self, epoch: u64) -> bool {
+        self.lock().epoch == epoch
     }
 
     /// `logout()` and `clear()`.
@@ -1026,24 +1124,41 @@ impl Engine {
         } else {
             SessionReason::Cleared
         };
-        let refresh_token = {
+        let (epoch, refresh_token, was_loaded) = {
             let mut st = self.lock();
-            Self::new_epoch(&mut st);
+            let was_loaded = st.loaded;
+            let epoch = self.new_epoch(&mut st);
             self.current.store(None);
-            self.ahead_not_before.store(0, Ordering::Relaxed);
             if self.config.grant == GrantKind::RefreshToken {
                 st.ended = Some(Error::NoSession {
                     reason: reason.clone(),
                 });
             }
-            st.refresh_token.take()
+            self.session.set(SessionState::NoSession(reason));
+            (epoch, st.refresh_token.take(), was_loaded)
         };
-        self.session.set(SessionState::NoSession(reason));
-        let cleared = {
-            // After any refresh's store write that is under way: the clear lands last.
+        let revoking = revoke && self.config.revocation_url.is_some();
+        let (refresh_token, cleared) = {
+            // After any store write under way; skipped when a later session operation has
+            // already superseded this one (it writes its own state).
             let _gate = self.write_gate.lock().await;
-            self.store_op("clear", self.store.clear(&self.config.namespace))
-                .await
+            // A session still only in the store (nothing requested yet) is revoked too.
+            let refresh_token = match refresh_token {
+                None if revoking && !was_loaded => self
+                    .store_op("read", self.store.load(&self.config.namespace))
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|stored| stored.refresh_token),
+                known => known,
+            };
+            let cleared = if self.is_latest(epoch) {
+                self.store_op("clear", self.store.clear(&self.config.namespace))
+                    .await
+            } else {
+                Ok(())
+            };
+            (refresh_token, cleared)
         };
         let revoked = match (&self.config.revocation_url, refresh_token, revoke) {
             (Some(url), Some(token), true) => self.revoke(url, &token).await,
@@ -1078,7 +1193,7 @@ impl Engine {
             GrantKind::ClientCredentials,
             self.clock.unix_now(),
         ) {
-            Err(e) => Err(e),
+            Err(e) => Err(self.redacted(e, Some(token))),
             Ok(_) => Ok(()),
         }
     }
@@ -1110,21 +1225,23 @@ impl Engine {
         })
     }
 
-    /// `set_tokens()`: publish, then store, after any refresh's store write under way, so the
-    /// store ends with these tokens.
+    /// `set_tokens()`: under the write gate, so that the store write of a refresh under way
+    /// lands first and the new session's own refreshes land after: publish, then store.
     pub(crate) async fn set_tokens(&self, tokens: Tokens) -> Result<(), Error> {
         let handed = self.handed(tokens)?;
         let _gate = self.write_gate.lock().await;
         {
             let mut st = self.lock();
-            Self::new_epoch(&mut st);
+            self.new_epoch(&mut st);
             st.refresh_token = handed.refresh_token;
             st.ended = None;
             self.current.store(handed.cached);
-            self.ahead_not_before.store(0, Ordering::Relaxed);
+            self.session
+                .set(SessionState::Authenticated(SessionReason::Authenticated));
         }
-        self.session
-            .set(SessionState::Authenticated(SessionReason::Authenticated));
+        // A token request of the replaced session is abandoned: its callers join this session
+        // at once instead of waiting for an answer that would be discarded.
+        self.replaced.send_modify(|n| *n = n.wrapping_add(1));
         self.save(&handed.stored, false).await.map_err(|e| match e {
             Error::NoRuntime => Error::NoRuntime,
             _ => Error::Store(StoreError::transient(
