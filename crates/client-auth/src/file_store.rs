@@ -19,6 +19,10 @@
 //! So a refresh token that another process saved meanwhile is never removed. That lock is held
 //! for a few file operations only, never across a token request, and is separate from the
 //! lease, so a process holding the lease can call it.
+//!
+//! Every operation first checks the directory (owned by the effective uid, no group or other
+//! write bit, on unix) and opens every file without following a symbolic link (`O_NOFOLLOW`
+//! on unix): see "Permissions" on [`FileStore`].
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -72,6 +76,31 @@ const WRITE_LOCK_WAIT: Duration = Duration::from_secs(5);
 ///
 /// A file that cannot be read or parsed is a permanent [`StoreError`]; it is never deleted or
 /// overwritten by a load, so it can be inspected. Errors name the file, never its content.
+///
+/// # Permissions
+///
+/// Whoever can change the directory can read the session (and replace it with their own), so
+/// the store insists on a private one. On unix, before every operation:
+///
+/// - **The directory must be owned by the process's effective user and have no group or other
+///   write bit** (`0700` or `0755` pass; `0770`, `0777` and the sticky `1777` of `/tmp` do
+///   not). Otherwise the operation fails with a permanent [`StoreError`] that names the
+///   directory, its mode or owner, and what to change. The store creates a missing directory
+///   (and missing parents) with mode `0700`. The path may reach the directory through a
+///   symbolic link; the checks apply to the directory it resolves to. Its ancestors, and
+///   access granted by ACLs, are not checked: keep them writable by trusted users only.
+/// - **Files are never followed through a symbolic link.** The token file, the lease lock
+///   (`<namespace>.lock`), the write lock (`<namespace>.write.lock`) and the temporary files
+///   are opened with `O_NOFOLLOW`, so a symbolic link planted at one of those names is refused
+///   (a permanent error naming the file) and its target is neither read nor created. Anything
+///   but a regular file there is refused too. A save replaces a symbolic link at the token
+///   file's name by renaming over it, without writing through it.
+/// - **Files are created with mode `0600`.** A token file that already exists keeps its mode.
+///
+/// On Windows the directory's ACL is not checked (keep it under the user's profile, which is
+/// private by default), and a symbolic link is refused by a check just before the file is
+/// opened: a link created between that check and the open would be followed (creating one
+/// needs the symbolic-link privilege or developer mode).
 #[derive(Clone)]
 pub struct FileStore {
     dir: PathBuf,
@@ -180,11 +209,19 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn read(path: &Path) -> Result<Option<StoredTokens>, StoreError> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => zeroize::Zeroizing::new(bytes),
+    let mut file = match open_private(path, OpenOptions::new().read(true)) {
+        Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error("could not read the token file", path, &e)),
     };
+    // Sized up front: a growing buffer would leave copies of the tokens in freed memory.
+    let len = file
+        .metadata()
+        .map(|m| usize::try_from(m.len()).unwrap_or(0))
+        .unwrap_or(0);
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(len.saturating_add(1)));
+    io::Read::read_to_end(&mut file, &mut bytes)
+        .map_err(|e| io_error("could not read the token file", path, &e))?;
     StoredTokens::from_json(&bytes).map(Some).map_err(|e| {
         StoreError::permanent(format!(
             "the token file {} is corrupt and was left in place: {e}",
@@ -203,10 +240,85 @@ fn create_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| io_error("could not create the token directory", dir, &e))
 }
 
+/// Checks that `dir` is private to this process's user (see "Permissions" on [`FileStore`]):
+/// on unix, a directory owned by the effective uid without group or other write permission.
+/// With `create`, a missing directory is made first (mode `0700`). Returns whether it exists.
+fn private_dir(dir: &Path, create: bool) -> Result<bool, StoreError> {
+    if create {
+        create_dir(dir)?;
+    }
+    let meta = match fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if !create && e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_error("could not inspect the token directory", dir, &e)),
+    };
+    if !meta.is_dir() {
+        return Err(StoreError::permanent(format!(
+            "the token directory {} is not a directory",
+            dir.display()
+        )));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(StoreError::permanent(format!(
+                "refused the token directory {}: it is writable by its group or by others \
+                 (mode {mode:04o}), so they could read or replace the tokens; make it private \
+                 (chmod go-w, or 0700) or use another directory",
+                dir.display()
+            )));
+        }
+        let uid = rustix::process::geteuid().as_raw();
+        if meta.uid() != uid {
+            return Err(StoreError::permanent(format!(
+                "refused the token directory {}: it is owned by uid {}, not by this process's \
+                 user (uid {uid}), who could read or replace the tokens; chown it or use \
+                 another directory",
+                dir.display(),
+                meta.uid()
+            )));
+        }
+    }
+    Ok(true)
+}
+
+/// Opens a file of the store without following a symbolic link at `path`, creating it with
+/// mode `0600` (unix) when `options` create; refuses anything but a regular file.
 fn open_private(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
-    options.open(path)
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // The flag's value fits an `i32` on every unix (0o400000 on Linux x86).
+        options
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    }
+    #[cfg(not(unix))]
+    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(symlink_refused());
+    }
+    let file = options.open(path).map_err(|e| {
+        // `O_NOFOLLOW` on a symbolic link: `ELOOP` (`EMLINK` on FreeBSD and NetBSD).
+        #[cfg(unix)]
+        if matches!(
+            rustix::io::Errno::from_io_error(&e),
+            Some(rustix::io::Errno::LOOP | rustix::io::Errno::MLINK)
+        ) && fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return symlink_refused();
+        }
+        e
+    })?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("it is not a regular file"));
+    }
+    Ok(file)
+}
+
+fn symlink_refused() -> io::Error {
+    io::Error::other("it is a symbolic link, which the file store never follows; remove it")
 }
 
 /// Flushes a directory entry change (rename, unlink) to disk; a no-op where directories
@@ -261,7 +373,7 @@ fn write_atomic(
     write_lock_path: &Path,
     contents: &[u8],
 ) -> Result<(), StoreError> {
-    create_dir(dir)?;
+    private_dir(dir, true)?;
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -300,6 +412,9 @@ fn clear_if_refresh_token(
     refresh_token: &RefreshToken,
 ) -> Result<bool, StoreError> {
     // Nothing stored: nothing to compare, and no lock file to create.
+    if !private_dir(dir, false)? {
+        return Ok(false);
+    }
     if let Err(e) = fs::symlink_metadata(path)
         && e.kind() == io::ErrorKind::NotFound
     {
@@ -330,8 +445,14 @@ impl TokenStore for FileStore {
         &'a self,
         namespace: &'a str,
     ) -> BoxFuture<'a, Result<Option<StoredTokens>, StoreError>> {
+        let dir = self.dir.clone();
         let path = self.path_for(namespace);
-        Box::pin(blocking(move || read(&path)))
+        Box::pin(blocking(move || {
+            if !private_dir(&dir, false)? {
+                return Ok(None);
+            }
+            read(&path)
+        }))
     }
 
     fn save<'a>(
@@ -356,10 +477,16 @@ impl TokenStore for FileStore {
     fn clear<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         let dir = self.dir.clone();
         let path = self.path_for(namespace);
-        Box::pin(blocking(move || match fs::remove_file(&path) {
-            Ok(()) => sync_dir(&dir),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_error("could not remove the token file", &path, &e)),
+        Box::pin(blocking(move || {
+            if !private_dir(&dir, false)? {
+                return Ok(());
+            }
+            // Removing a symbolic link at the name removes the link, not its target.
+            match fs::remove_file(&path) {
+                Ok(()) => sync_dir(&dir),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_error("could not remove the token file", &path, &e)),
+            }
         }))
     }
 
@@ -391,7 +518,7 @@ impl TokenStore for FileStore {
             let file = {
                 let path = path.clone();
                 blocking(move || {
-                    create_dir(&dir)?;
+                    private_dir(&dir, true)?;
                     open_private(
                         &path,
                         OpenOptions::new().read(true).write(true).create(true),

@@ -85,3 +85,190 @@ async fn providers_sharing_a_file_store_refresh_a_rotating_token_once() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A new, private directory for one test (`FileStore` refuses anything less).
+fn fresh_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "client-auth-file-store-{tag}-{}-{:x}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(&dir).unwrap();
+    dir
+}
+
+fn tokens(marker: &str) -> StoredTokens {
+    StoredTokens {
+        access_token: Some(AccessToken::new(format!("at-{marker}"))),
+        refresh_token: Some(RefreshToken::new(format!("rt-{marker}"))),
+        expires_at: SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(1_900_000_000_000)),
+        scope: None,
+        issued_at: None,
+    }
+}
+
+/// Asserts a permanent error that names `path` and says `what`, without token text.
+fn assert_refused(e: &client_auth::StoreError, path: &std::path::Path, what: &str) {
+    let text = e.to_string();
+    assert!(!e.is_transient(), "{text}");
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(text.contains(what), "{text}");
+    assert!(!text.contains("MARKER"), "{text}");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_symlinked_token_file_is_refused_not_adopted() {
+    let dir = fresh_dir("symlink-tokens");
+    let elsewhere = fresh_dir("symlink-tokens-attacker");
+    let planted = elsewhere.join("attacker.json");
+    std::fs::write(
+        &planted,
+        tokens("ATTACKER-MARKER").to_json().expose_secret(),
+    )
+    .unwrap();
+    let store = FileStore::new(&dir);
+    let path = store.path_for("alice");
+    std::os::unix::fs::symlink(&planted, &path).unwrap();
+
+    // The attacker's tokens are not adopted, nor compared.
+    let e = store.load("alice").await.unwrap_err();
+    assert_refused(&e, &path, "symbolic link");
+    let e = store
+        .clear_if_refresh_token("alice", &RefreshToken::new("rt-ATTACKER-MARKER"))
+        .await
+        .unwrap_err();
+    assert_refused(&e, &path, "symbolic link");
+    // A save replaces the link itself; the target is not written through it.
+    store.save("alice", &tokens("OURS")).await.unwrap();
+    assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
+    assert_eq!(store.load("alice").await.unwrap(), Some(tokens("OURS")));
+    assert_eq!(
+        StoredTokens::from_json(&std::fs::read(&planted).unwrap()).unwrap(),
+        tokens("ATTACKER-MARKER")
+    );
+    // `clear` removes a link, never its target.
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&planted, &path).unwrap();
+    store.clear("alice").await.unwrap();
+    assert!(std::fs::symlink_metadata(&path).is_err());
+    assert!(planted.exists());
+    // Anything but a regular file is refused too.
+    std::fs::create_dir(&path).unwrap();
+    let e = store.load("alice").await.unwrap_err();
+    assert_refused(&e, &path, "not a regular file");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&elsewhere).unwrap();
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn dangling_symlinked_lock_files_are_refused_and_their_targets_not_created() {
+    let dir = fresh_dir("symlink-locks");
+    let elsewhere = fresh_dir("symlink-locks-attacker");
+    let store = FileStore::new(&dir);
+
+    // The lease lock, `<namespace>.lock`.
+    let lease_target = elsewhere.join("created-by-the-lease");
+    let lease_lock = dir.join("alice.lock");
+    std::os::unix::fs::symlink(&lease_target, &lease_lock).unwrap();
+    let e = store
+        .lock_refresh("alice", Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_refused(&e, &lease_lock, "symbolic link");
+    assert!(!lease_target.exists(), "the link's target was created");
+
+    // The write lock, `<namespace>.write.lock`, taken by a save and by compare-and-delete.
+    let write_target = elsewhere.join("created-by-the-save");
+    let write_lock = dir.join("alice.write.lock");
+    std::os::unix::fs::symlink(&write_target, &write_lock).unwrap();
+    let e = store.save("alice", &tokens("MARKER")).await.unwrap_err();
+    assert_refused(&e, &write_lock, "symbolic link");
+    assert!(!write_target.exists(), "the link's target was created");
+    assert!(store.load("alice").await.unwrap().is_none());
+    // Nothing half-written is left behind.
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| n.ends_with(".lock")), "{names:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&elsewhere).unwrap();
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_directory_writable_by_group_or_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = fresh_dir("writable-dir");
+    let store = FileStore::new(&dir);
+    for mode in [0o777, 0o770, 0o1777, 0o702, 0o720] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = store.save("alice", &tokens("MARKER")).await.unwrap_err();
+        assert_refused(&e, &dir, "writable by its group or by others");
+        let e = store.load("alice").await.unwrap_err();
+        assert_refused(&e, &dir, "writable by its group or by others");
+        let e = store
+            .lock_refresh("alice", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert_refused(&e, &dir, "writable by its group or by others");
+        let e = store
+            .clear_if_refresh_token("alice", &RefreshToken::new("rt-MARKER"))
+            .await
+            .unwrap_err();
+        assert_refused(&e, &dir, "writable by its group or by others");
+        let e = store.clear("alice").await.unwrap_err();
+        assert_refused(&e, &dir, "writable by its group or by others");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "{mode:o}");
+    }
+    // Readable by others is fine; so is a directory reached through a symbolic link.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    store.save("alice", &tokens("A")).await.unwrap();
+    let link = dir.with_extension("link");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    assert_eq!(
+        FileStore::new(&link).load("alice").await.unwrap(),
+        Some(tokens("A"))
+    );
+    std::fs::remove_file(&link).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_directory_owned_by_another_user_is_refused() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = fresh_dir("foreign-owner");
+    // This process's effective uid: the owner of a directory it just made.
+    let uid = std::fs::metadata(&dir).unwrap().uid();
+    let foreign = if uid == 0 {
+        // As root: hand the directory to `nobody`.
+        std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+        dir.clone()
+    } else {
+        // Otherwise a directory root owns (mode 0755, so only the owner check refuses it).
+        std::path::PathBuf::from("/")
+    };
+    assert_ne!(std::fs::metadata(&foreign).unwrap().uid(), uid);
+    let store = FileStore::new(&foreign);
+    let e = store.load("alice").await.unwrap_err();
+    assert_refused(&e, &foreign, "owned by uid");
+    let e = store.save("alice", &tokens("MARKER")).await.unwrap_err();
+    assert_refused(&e, &foreign, "owned by uid");
+    let e = store
+        .lock_refresh("alice", Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_refused(&e, &foreign, "owned by uid");
+    assert!(!foreign.join("alice.json").exists());
+    assert!(!foreign.join("alice.lock").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
