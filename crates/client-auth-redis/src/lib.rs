@@ -33,10 +33,12 @@
 //! instead of failing transiently and retrying after a backoff.
 //!
 //! When the token endpoint rejects the refresh token (`invalid_grant`), the provider removes
-//! the stored tokens with [`TokenStore::clear_if_refresh_token`], one script that decodes the
-//! stored JSON (Redis's `cjson`) and deletes the key only while its `refresh_token` is still
-//! the rejected one: a newer refresh token that another process wrote meanwhile survives. Like
-//! a write, it is fenced while this process holds the namespace's lease.
+//! the stored tokens with [`TokenStore::clear_if_refresh_token`], one script that deletes the
+//! key only while it still holds the rejected refresh token: it decodes plain JSON (Redis's
+//! `cjson`) and compares its `refresh_token`, or, when the tokens are
+//! [encrypted][encryption-key], compares the keyed hash of the refresh token
+//! the envelope carries. A newer refresh token that another process wrote meanwhile survives.
+//! Like a write, it is fenced while this process holds the namespace's lease.
 //!
 //! The hot path is unchanged: requests read the token from memory; Redis is touched on the
 //! first use and around refreshes only.
@@ -79,16 +81,68 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `<prefix><ns>:tokens` | the tokens as JSON ([`StoredTokens::to_json`]), no expiry; written by the fenced save script, deleted by `clear` or by the compare-and-delete script (which compares its `refresh_token` field and ignores the others) |
+//! | `<prefix><ns>:tokens` | the tokens as JSON ([`StoredTokens::to_json`]), or their encrypted envelope ([`RedisStoreBuilder::encryption_key`][encryption-key]); no expiry unless [`RedisStoreBuilder::tokens_ttl`] is set, and then each write sets it again; written by `SET` or the fenced save script, deleted by `clear` or by the compare-and-delete script (which compares the refresh token, or its keyed hash, and nothing else) |
 //! | `<prefix><ns>:lock` | the lease holder's random value, with the lease ttl; each renewal sets the ttl again from now, and only while the value is still the holder's |
 //!
 //! The save and compare-and-delete scripts touch both keys, so Redis Cluster is not supported
 //! (one primary, with or without replicas or Sentinel, is).
 //!
-//! # Secrets
+//! # Protecting the tokens
 //!
-//! Tokens travel only as script arguments and values; no error or log line contains them, and
-//! `Debug` of the store shows neither the URL (which may hold a password) nor tokens.
+//! **Whoever can read the tokens key holds the session**: with the refresh token they can mint
+//! access tokens until the authorization server revokes the grant. By default the key holds the
+//! tokens as plain JSON, so the Redis instance must be protected like the client secret:
+//!
+//! - **Access control.** Give the service its own ACL user limited to its prefix and to the
+//!   commands the store sends (the scripts' own commands are checked too), and put the user
+//!   and password in the URL (`redis://billing:PASSWORD@redis.internal:6379/`); the URL is
+//!   never printed. The store needs exactly:
+//!
+//!   ```text
+//!   ACL SETUSER billing on >PASSWORD resetkeys ~billing-service:* resetchannels -@all
+//!       +get +set +del +pexpire +evalsha +script|load
+//!   ```
+//!
+//!   Keep other clients away from the prefix (they could read the tokens, or plant their
+//!   own), bind Redis to a private network, and disable or restrict `MONITOR`, `SLOWLOG`,
+//!   `DEBUG` and `CONFIG` for everyone else: `MONITOR` and `SLOWLOG` show command arguments,
+//!   and with plain JSON those are tokens.
+//! - **TLS.** Use `rediss://host:6380/` whenever the connection leaves the host; without TLS
+//!   the tokens (and the password) cross the network in clear. It needs this crate's feature
+//!   `tls` (redis's `tokio-rustls-comp`, rustls with the aws-lc-rs provider, the platform's
+//!   root certificates; if your build also enables rustls's `ring` provider, install a
+//!   process-wide default provider before the first connection). Building a store with a
+//!   `rediss://` URL without the feature fails with an error that says so.
+//! - **Persistence, replicas and backups** (RDB, AOF, `SYNC`) copy the tokens: protect them
+//!   like the live instance, or encrypt the tokens.
+//! - **Expiry.** The tokens key has no expiry by default, so an abandoned session stays in
+//!   Redis. Set [`RedisStoreBuilder::tokens_ttl`] to the refresh token's lifetime: the expiry
+//!   is set atomically with each write (fenced or not), and an expired key reads as "nothing
+//!   stored". The lease key always expires after the lease ttl and holds only a random value.
+//! - **Encryption at rest** (feature `encryption`, [`RedisStoreBuilder::encryption_key`][encryption-key]): the
+//!   key then holds an AES-256-GCM envelope (aws-lc-rs) bound to the key's name, and no token
+//!   is sent to Redis at all, not even to compare-and-delete, which compares an HMAC-SHA256
+//!   of the refresh token under a key derived from yours. A dump, a replica, `MONITOR` or a
+//!   reader of the prefix then sees no token; a value that cannot be decrypted (another key,
+//!   altered, copied from another namespace, or plain JSON) is a permanent error and is left
+//!   in place. Encryption does not stop someone who can write the prefix from deleting the
+//!   tokens (a logout) or holding the lease (a delayed refresh): access control still
+//!   matters.
+//!
+//! Tokens travel only as values and script arguments; no error or log line contains them, and
+//! `Debug` of the store shows neither the URL (which may hold a password), the encryption key
+//! nor tokens.
+//!
+//! # Features
+//!
+//! - `tls`: `rediss://` URLs (see above).
+//! - `encryption`: [`RedisStoreBuilder::encryption_key`][encryption-key].
+//!
+#![cfg_attr(
+    feature = "encryption",
+    doc = "[encryption-key]: RedisStoreBuilder::encryption_key"
+)]
+#![cfg_attr(not(feature = "encryption"), doc = "[encryption-key]: #features")]
 
 use std::collections::HashMap;
 use std::fmt;
@@ -98,21 +152,34 @@ use std::time::{Duration, Instant};
 use client_auth::{BoxFuture, RefreshLease, RefreshToken, StoreError, StoredTokens, TokenStore};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, RedisError, Script};
+use zeroize::Zeroizing;
 
 pub use redis;
 
+mod sealing;
+
+/// The fenced write. KEYS: lock, tokens. ARGV: the lease value, the tokens' value, their
+/// expiry in milliseconds (empty: none, and any previous expiry is removed, as `SET` does).
 const SAVE_FENCED: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[2], ARGV[2])
+  if ARGV[3] == '' then
+    redis.call('SET', KEYS[2], ARGV[2])
+  else
+    redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  end
   return 1
 end
 return 0
 ";
 
-/// Compare-and-delete of the tokens. KEYS: tokens, lock. ARGV: the refresh token, the lease
-/// value this process holds for the namespace (empty when it holds none: no fencing).
+/// Compare-and-delete of the tokens. KEYS: tokens, lock. ARGV: the refresh token (plain JSON
+/// only; empty when this store encrypts), the lease value this process holds for the namespace
+/// (empty when it holds none: no fencing), the refresh token's keyed hash and this store's key
+/// id (both empty when it does not encrypt), the envelope's magic bytes.
 /// Returns 1 deleted, 0 not the given refresh token (or nothing stored), -1 fenced out (the
-/// lease expired), -2 the stored value is not token JSON (left in place).
+/// lease expired), -2 the stored value is not token JSON or a whole envelope (left in place),
+/// -3 an envelope but this store has no key, -4 an envelope sealed with another key, -5 plain
+/// JSON but this store encrypts.
 const CLEAR_IF_REFRESH_TOKEN: &str = r"
 if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return -1
@@ -120,6 +187,27 @@ end
 local stored = redis.call('GET', KEYS[1])
 if not stored then
   return 0
+end
+local magic = ARGV[5]
+if string.sub(stored, 1, #magic) == magic then
+  if ARGV[3] == '' then
+    return -3
+  end
+  local at = #magic + #ARGV[4]
+  if #stored < at + #ARGV[3] then
+    return -2
+  end
+  if string.sub(stored, #magic + 1, at) ~= ARGV[4] then
+    return -4
+  end
+  if string.sub(stored, at + 1, at + #ARGV[3]) == ARGV[3] then
+    redis.call('DEL', KEYS[1])
+    return 1
+  end
+  return 0
+end
+if ARGV[3] ~= '' then
+  return -5
 end
 local ok, doc = pcall(cjson.decode, stored)
 if not ok or type(doc) ~= 'table' then
@@ -166,6 +254,10 @@ struct Inner {
     lock_wait: Option<Duration>,
     poll_max: Duration,
     local_when_unavailable: bool,
+    /// The expiry of the tokens key, in milliseconds.
+    tokens_ttl_ms: Option<u64>,
+    #[cfg(feature = "encryption")]
+    cipher: Option<sealing::Cipher>,
     /// Leases this store holds now: namespace → the random value in the lock key.
     held: Mutex<HashMap<String, String>>,
     save_fenced: Script,
@@ -180,6 +272,8 @@ impl fmt::Debug for RedisStore {
             .field("prefix", &self.inner.prefix)
             .field("lock_wait", &self.inner.lock_wait)
             .field("local_when_unavailable", &self.inner.local_when_unavailable)
+            .field("tokens_ttl_ms", &self.inner.tokens_ttl_ms)
+            .field("encrypted", &self.encrypts())
             .finish_non_exhaustive()
     }
 }
@@ -191,6 +285,9 @@ pub struct RedisStoreBuilder {
     lock_wait: Option<Duration>,
     poll_max: Duration,
     local_when_unavailable: bool,
+    tokens_ttl: Option<Duration>,
+    #[cfg(feature = "encryption")]
+    encryption_key: Option<Zeroizing<[u8; 32]>>,
     connection: ConnectionManagerConfig,
 }
 
@@ -201,13 +298,16 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("lock_wait", &self.lock_wait)
             .field("poll_max", &self.poll_max)
             .field("local_when_unavailable", &self.local_when_unavailable)
+            .field("tokens_ttl", &self.tokens_ttl)
+            .field("encrypted", &self.encrypts())
             .finish_non_exhaustive()
     }
 }
 
 impl RedisStore {
-    /// A builder for a store on the Redis server at `url` (`redis://[:password@]host[:port][/db]`,
-    /// `rediss://` needs a TLS feature of the `redis` crate).
+    /// A builder for a store on the Redis server at `url`:
+    /// `redis://[[user]:password@]host[:port][/db]`, or `rediss://…` for TLS (feature `tls`;
+    /// see [Protecting the tokens](crate#protecting-the-tokens)).
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
         RedisStoreBuilder {
             url: url.into(),
@@ -215,6 +315,9 @@ impl RedisStore {
             lock_wait: None,
             poll_max: Duration::from_millis(100),
             local_when_unavailable: false,
+            tokens_ttl: None,
+            #[cfg(feature = "encryption")]
+            encryption_key: None,
             // Fail fast while Redis is down (one reconnect attempt per command); the manager
             // keeps reconnecting on later commands.
             connection: ConnectionManagerConfig::new()
@@ -234,6 +337,51 @@ impl RedisStore {
         format!("{}{namespace}:lock", self.inner.prefix)
     }
 
+    /// Whether the tokens are encrypted at rest (`RedisStoreBuilder::encryption_key`).
+    fn encrypts(&self) -> bool {
+        #[cfg(feature = "encryption")]
+        return self.inner.cipher.is_some();
+        #[cfg(not(feature = "encryption"))]
+        false
+    }
+
+    /// The value stored for `tokens` under `key`: their JSON, or its sealed envelope.
+    fn seal(&self, key: &str, tokens: &StoredTokens) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        #[cfg(feature = "encryption")]
+        if let Some(cipher) = &self.inner.cipher {
+            return cipher.seal(key, tokens).map(Zeroizing::new);
+        }
+        let _ = key;
+        Ok(Zeroizing::new(
+            tokens.to_json().expose_secret().as_bytes().to_vec(),
+        ))
+    }
+
+    /// The tokens in `value`, read from `key`. Plain JSON and envelopes are told apart by their
+    /// first byte; each is accepted only by a store configured for it.
+    fn unseal(&self, key: &str, value: &[u8]) -> Result<StoredTokens, StoreError> {
+        let sealed = sealing::is_sealed(value);
+        #[cfg(feature = "encryption")]
+        if let Some(cipher) = &self.inner.cipher {
+            if sealed {
+                return cipher.open(key, value);
+            }
+            return Err(StoreError::permanent(format!(
+                "the tokens in Redis key {key} are not encrypted, but this store encrypts: \
+                 they were left in place and not used (delete the key and store the session \
+                 again)"
+            )));
+        }
+        if sealed {
+            return Err(not_decryptable(key));
+        }
+        StoredTokens::from_json(value).map_err(|e| {
+            StoreError::permanent(format!(
+                "the tokens in Redis key {key} are corrupt and were left in place: {e}"
+            ))
+        })
+    }
+
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
         // Single inserts and removes: a poisoned map is still consistent.
         self.inner
@@ -244,6 +392,13 @@ impl RedisStore {
 }
 
 impl RedisStoreBuilder {
+    fn encrypts(&self) -> bool {
+        #[cfg(feature = "encryption")]
+        return self.encryption_key.is_some();
+        #[cfg(not(feature = "encryption"))]
+        false
+    }
+
     /// Prefix of every key (default `client-auth:`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -282,6 +437,45 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Let the tokens key expire this long after each write (default: never).
+    ///
+    /// Set it to the refresh token's lifetime (its idle lifetime, if the authorization server
+    /// extends it on use), which this store cannot know by itself: a session nobody refreshes
+    /// then leaves Redis when it could not be used any more. The expiry is set by the same
+    /// command or script as the value (also on the fenced write), and every write sets it again
+    /// from that moment. An expired key reads as "nothing stored", as after a Redis restart
+    /// without persistence: processes that still hold the refresh token in memory keep using
+    /// it, and the next refresh writes the tokens again. Durations are rounded up to whole
+    /// milliseconds (at least one).
+    pub fn tokens_ttl(mut self, ttl: Duration) -> Self {
+        self.tokens_ttl = Some(ttl);
+        self
+    }
+
+    /// Encrypt the tokens at rest with `key` (feature `encryption`; default: stored as plain
+    /// JSON).
+    ///
+    /// The value becomes an AES-256-GCM envelope (aws-lc-rs; keys derived from `key` with
+    /// HKDF-SHA256, a random nonce per write) bound to its Redis key's name, so a dump of Redis
+    /// (`SAVE`, a replica, `MONITOR`, a backup) holds no token and an envelope copied under
+    /// another namespace is refused. Compare-and-delete stays one atomic script: the envelope
+    /// carries an HMAC-SHA256 of its refresh token under a derived key, which the script
+    /// compares. No token is sent to Redis in clear.
+    ///
+    /// Use 32 random bytes, the same in every process of the fleet, kept outside Redis (a
+    /// secret manager). A value this store cannot decrypt is left in place and reported by a
+    /// permanent [`StoreError`] that says why and names the key, never the content: sealed
+    /// with another key, altered or copied from another key, or plain JSON (not encrypted).
+    /// A store without a key refuses envelopes the same way. So enabling encryption, or
+    /// changing the key, needs the sessions stored again (or a new [`prefix`](Self::prefix)).
+    #[cfg(feature = "encryption")]
+    pub fn encryption_key(mut self, key: [u8; 32]) -> Self {
+        let mut key = key;
+        self.encryption_key = Some(Zeroizing::new(key));
+        zeroize::Zeroize::zeroize(&mut key);
+        self
+    }
+
     /// Connection settings (timeouts, reconnect backoff). The default fails a command after
     /// one reconnect attempt, within about a second, so a refresh does not hang while Redis is
     /// down.
@@ -303,8 +497,28 @@ impl RedisStoreBuilder {
                 "a tokio runtime is required to build a RedisStore",
             ));
         }
+        if cfg!(not(feature = "tls"))
+            && self
+                .url
+                .get(..9)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("rediss://"))
+        {
+            return Err(StoreError::permanent(
+                "a rediss:// URL needs the `tls` feature of client-auth-redis",
+            ));
+        }
         let client = redis::Client::open(self.url.as_str())
             .map_err(|_| StoreError::permanent("invalid Redis URL"))?;
+        #[cfg(feature = "encryption")]
+        let cipher = match &self.encryption_key {
+            Some(key) => Some(sealing::Cipher::new(key)?),
+            None => None,
+        };
+        let tokens_ttl_ms = self.tokens_ttl.map(|ttl| {
+            // Rounded up; at most what Redis accepts added to the current time.
+            let ms = ttl.as_nanos().div_ceil(1_000_000).max(1);
+            u64::try_from(ms).unwrap_or(u64::MAX).min(MAX_TTL_MS)
+        });
         let conn = ConnectionManager::new_lazy_with_config(client, self.connection)
             .map_err(|e| StoreError::permanent(format!("invalid Redis settings: {e}")))?;
         Ok(RedisStore {
@@ -314,6 +528,9 @@ impl RedisStoreBuilder {
                 lock_wait: self.lock_wait,
                 poll_max: self.poll_max,
                 local_when_unavailable: self.local_when_unavailable,
+                tokens_ttl_ms,
+                #[cfg(feature = "encryption")]
+                cipher,
                 held: Mutex::new(HashMap::new()),
                 save_fenced: Script::new(SAVE_FENCED),
                 clear_if_refresh_token: Script::new(CLEAR_IF_REFRESH_TOKEN),
@@ -322,6 +539,18 @@ impl RedisStoreBuilder {
             }),
         })
     }
+}
+
+/// The longest tokens ttl passed to Redis (about 146 years; Redis refuses an expiry that
+/// overflows when added to the current time).
+const MAX_TTL_MS: u64 = 1 << 52;
+
+/// The value at `key` is an envelope, and this store has no key to open it.
+fn not_decryptable(key: &str) -> StoreError {
+    StoreError::permanent(format!(
+        "the tokens in Redis key {key} are encrypted, but this store has no encryption key \
+         (RedisStoreBuilder::encryption_key, feature `encryption`); they were left in place"
+    ))
 }
 
 /// Whether `e` means Redis could not be reached (as opposed to a command it rejected).
@@ -377,12 +606,8 @@ impl TokenStore for RedisStore {
             let Some(bytes) = value else {
                 return Ok(None);
             };
-            let bytes = zeroize::Zeroizing::new(bytes);
-            StoredTokens::from_json(&bytes).map(Some).map_err(|e| {
-                StoreError::permanent(format!(
-                    "the tokens in Redis key {key} are corrupt and were left in place: {e}"
-                ))
-            })
+            let bytes = Zeroizing::new(bytes);
+            self.unseal(&key, &bytes).map(Some)
         })
     }
 
@@ -392,15 +617,20 @@ impl TokenStore for RedisStore {
         tokens: &'a StoredTokens,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let json = tokens.to_json();
             let key = self.tokens_key(namespace);
+            let value = self.seal(&key, tokens)?;
+            let ttl_ms = self.inner.tokens_ttl_ms;
             let lease = self.held().get(namespace).cloned();
             match lease {
+                // One command: the value and its expiry are set together.
                 None => with_retry(|| {
                     let mut conn = self.inner.conn.clone();
-                    let key = key.clone();
-                    let value = zeroize::Zeroizing::new(json.expose_secret().to_owned());
-                    async move { conn.set::<_, _, ()>(key, value.as_str()).await }
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(&key).arg(value.as_slice());
+                    if let Some(ms) = ttl_ms {
+                        cmd.arg("PX").arg(ms);
+                    }
+                    async move { cmd.query_async::<()>(&mut conn).await }
                 })
                 .await
                 .map_err(|e| store_error("write", &e)),
@@ -413,7 +643,8 @@ impl TokenStore for RedisStore {
                             .key(&lock)
                             .key(&key)
                             .arg(&token)
-                            .arg(json.expose_secret());
+                            .arg(value.as_slice())
+                            .arg(ttl_ms.map(|ms| ms.to_string()).unwrap_or_default());
                         async move { invocation.invoke_async(&mut conn).await }
                     })
                     .await
@@ -454,14 +685,34 @@ impl TokenStore for RedisStore {
             let lock = self.lock_key(namespace);
             // Fenced like `save` while this process holds the namespace's lease.
             let lease = self.held().get(namespace).cloned().unwrap_or_default();
+            // Encrypting, the script compares the refresh token's keyed hash and never sees
+            // the token; otherwise it compares the token with the JSON's field.
+            #[cfg(feature = "encryption")]
+            let (plain, tag, key_id) = match &self.inner.cipher {
+                Some(cipher) => (
+                    "",
+                    cipher.tag(Some(refresh_token)).to_vec(),
+                    cipher.key_id().to_vec(),
+                ),
+                None => (refresh_token.expose_secret(), Vec::new(), Vec::new()),
+            };
+            #[cfg(not(feature = "encryption"))]
+            let (plain, tag, key_id) = (
+                refresh_token.expose_secret(),
+                Vec::<u8>::new(),
+                Vec::<u8>::new(),
+            );
             let outcome: i64 = with_retry(|| {
                 let mut conn = self.inner.conn.clone();
                 let mut invocation = self.inner.clear_if_refresh_token.prepare_invoke();
                 invocation
                     .key(&key)
                     .key(&lock)
-                    .arg(refresh_token.expose_secret())
-                    .arg(&lease);
+                    .arg(plain)
+                    .arg(&lease)
+                    .arg(tag.as_slice())
+                    .arg(key_id.as_slice())
+                    .arg(sealing::MAGIC);
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await
@@ -475,6 +726,15 @@ impl TokenStore for RedisStore {
                 ))),
                 -2 => Err(StoreError::permanent(format!(
                     "the tokens in Redis key {key} are corrupt and were left in place"
+                ))),
+                -3 => Err(not_decryptable(&key)),
+                -4 => Err(StoreError::permanent(format!(
+                    "the encrypted tokens in Redis key {key} were encrypted with a different \
+                     key than this store's encryption key and were left in place"
+                ))),
+                -5 => Err(StoreError::permanent(format!(
+                    "the tokens in Redis key {key} are not encrypted, but this store encrypts: \
+                     they were left in place"
                 ))),
                 other => Err(StoreError::permanent(format!(
                     "unexpected answer {other} from the compare-and-delete script on {key}"
