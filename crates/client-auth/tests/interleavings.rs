@@ -161,6 +161,8 @@ enum LeaseMode {
     ReleaseHangs,
     /// A lease whose release and renewals fail.
     Failing,
+    /// A lease that works (a store shared between processes).
+    Working,
 }
 
 #[derive(Debug, Default)]
@@ -216,7 +218,7 @@ impl RefreshLease for ProbeLease {
             LeaseMode::Failing => {
                 Box::pin(async { Err(StoreError::transient("lease store down")) })
             }
-            LeaseMode::None => Box::pin(async { Ok(()) }),
+            LeaseMode::None | LeaseMode::Working => Box::pin(async { Ok(()) }),
         }
     }
 
@@ -1461,7 +1463,10 @@ fn no_secret_reaches_logs_or_errors_on_the_new_paths() {
     printed.push(format!("{err} {err:?} {provider:?}"));
 
     // invalid_grant, then the newer refresh token another process stored.
-    let shared = Arc::new(ProbeStore::holding(stored_refresh("rt-SECRET-old")));
+    let shared = Arc::new(ProbeStore {
+        lease: LeaseMode::Working,
+        ..ProbeStore::holding(stored_refresh("rt-SECRET-old"))
+    });
     let rejected = Arc::new(Notify::new());
     let endpoint = Endpoint::new([
         held(&rejected, invalid_grant()),

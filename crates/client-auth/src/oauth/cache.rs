@@ -108,6 +108,9 @@ struct State {
     cooldown_until: Option<Instant>,
     /// Bumped by every session operation; a refresh from an older epoch publishes nothing.
     epoch: u64,
+    /// A session operation could not write the store: it may still hold tokens from before
+    /// that operation, so nothing is adopted from it until a write succeeds.
+    store_stale: bool,
 }
 
 /// The state behind an `OAuthProvider`.
@@ -516,6 +519,10 @@ impl Engine {
                 }
                 st.loaded = true;
                 st.refresh_token.clone_from(&refresh_token);
+                if refresh_token.is_some() {
+                    self.session
+                        .set(SessionState::Authenticated(SessionReason::FoundToken));
+                }
             }
             if refresh_token.is_none() && self.config.grant == GrantKind::RefreshToken {
                 let no_token = Error::NoSession {
@@ -538,10 +545,12 @@ impl Engine {
             Ok(lease) => lease,
             Err(e) => return self.publish(epoch, Err(e.into()), done),
         };
-        let reread = lease.is_some();
+        // Another process's tokens are only looked for on a shared store, and only while the
+        // store is known to hold nothing from before the last session operation.
+        let shared = lease.is_some() && !self.lock().store_stale;
         let obtained = until_replaced(
             self.replaced.subscribe(),
-            self.renewing(lease.as_deref(), self.obtain(known, refresh_token, reread)),
+            self.renewing(lease.as_deref(), self.obtain(known, refresh_token, shared)),
         )
         .await;
         let outcome = match obtained {
@@ -567,20 +576,20 @@ impl Engine {
         outcome
     }
 
-    /// Under the lease: adopt what another process wrote, or exchange. When the server
-    /// rejects the refresh token and the store holds a newer one (another process rotated it
-    /// meanwhile), that one is tried instead: at most two exchanges.
-    ///
-    /// `reread`: read the store first (under a lease another process may have refreshed while
-    /// this one waited for it).
+    /// Under the lease: adopt what another process wrote, or exchange. On a `shared` store
+    /// (one with a lease), the store is read first (another process may have refreshed while
+    /// this one waited for the lease), and when the server rejects the refresh token while the
+    /// store holds a newer one (another process rotated it meanwhile), that one is tried
+    /// instead: at most two exchanges.
     async fn obtain(
         &self,
         known: Option<&Cached>,
         mut refresh_token: Option<RefreshToken>,
-        mut reread: bool,
+        shared: bool,
     ) -> Result<Refreshed, (Failed, Option<RefreshToken>)> {
         let ns = self.config.namespace.as_str();
-        let mut tried_newer = false;
+        let mut reread = shared;
+        let mut tried_newer = !shared;
         loop {
             let stored = if reread {
                 self.store_op("read", self.store.load(ns)).await
@@ -669,7 +678,13 @@ impl Engine {
             Ok(refreshed) => {
                 if let Some(stored) = &refreshed.stored {
                     // A failed write is logged; the tokens are still used from memory.
-                    let _ = self.save(stored, stored.refresh_token.is_some()).await;
+                    if self
+                        .save(stored, stored.refresh_token.is_some())
+                        .await
+                        .is_ok()
+                    {
+                        self.lock().store_stale = false;
+                    }
                 }
                 self.publish(epoch, Ok(refreshed), done)
             }
@@ -687,6 +702,10 @@ impl Engine {
                         ),
                         Err(e) => tracing::error!(error = %e, "could not clear the token store"),
                     }
+                } else if let Err(e) = self.store_op("clear", self.store.clear(ns)).await {
+                    // No refresh token at all (on a shared store, one another process stored
+                    // would have been read under the lease): the stored access token is dead.
+                    tracing::error!(error = %e, "could not clear the token store");
                 }
                 self.publish(epoch, Err(failed), done)
             }
@@ -792,7 +811,8 @@ impl Engine {
             self.transport.send(request, self.config.max_body),
         )
         .await
-        .map_err(|_| Error::Transport(TransportError::timeout()))??;
+        .map_err(|_| Error::Transport(TransportError::timeout()))?
+        .map_err(|e| self.redacted(e, refresh_token.as_ref()))?;
         let (parts, body) = response.into_parts();
         let rotated_on_failure = |error: Error| Failed {
             rotated: if parts.status.is_success() {
@@ -1153,8 +1173,11 @@ impl Engine {
                 known => known,
             };
             let cleared = if self.is_latest(epoch) {
-                self.store_op("clear", self.store.clear(&self.config.namespace))
-                    .await
+                let cleared = self
+                    .store_op("clear", self.store.clear(&self.config.namespace))
+                    .await;
+                self.lock().store_stale = cleared.is_err();
+                cleared
             } else {
                 Ok(())
             };
@@ -1181,7 +1204,8 @@ impl Engine {
             self.transport.send(request, self.config.max_body),
         )
         .await
-        .map_err(|_| Error::Transport(TransportError::timeout()))??;
+        .map_err(|_| Error::Transport(TransportError::timeout()))?
+        .map_err(|e| self.redacted(e, Some(token)))?;
         if response.status().is_success() {
             return Ok(());
         }
@@ -1242,7 +1266,9 @@ impl Engine {
         // A token request of the replaced session is abandoned: its callers join this session
         // at once instead of waiting for an answer that would be discarded.
         self.replaced.send_modify(|n| *n = n.wrapping_add(1));
-        self.save(&handed.stored, false).await.map_err(|e| match e {
+        let saved = self.save(&handed.stored, false).await;
+        self.lock().store_stale = saved.is_err();
+        saved.map_err(|e| match e {
             Error::NoRuntime => Error::NoRuntime,
             _ => Error::Store(StoreError::transient(
                 "the tokens could not be written to the store; they are used from memory",
