@@ -299,18 +299,17 @@ fn open_private(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
     if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
         return Err(symlink_refused());
     }
-    let file = options.open(path).map_err(|e| {
-        // `O_NOFOLLOW` on a symbolic link: `ELOOP` (`EMLINK` on FreeBSD and NetBSD).
-        #[cfg(unix)]
-        if matches!(
+    let file = options.open(path);
+    // `O_NOFOLLOW` on a symbolic link: `ELOOP` (`EMLINK` on FreeBSD and NetBSD).
+    #[cfg(unix)]
+    let file = file.map_err(|e| {
+        let refused = matches!(
             rustix::io::Errno::from_io_error(&e),
             Some(rustix::io::Errno::LOOP | rustix::io::Errno::MLINK)
-        ) && fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
-        {
-            return symlink_refused();
-        }
-        e
-    })?;
+        ) && fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        if refused { symlink_refused() } else { e }
+    });
+    let file = file?;
     if !file.metadata()?.is_file() {
         return Err(io::Error::other("it is not a regular file"));
     }
