@@ -290,10 +290,11 @@ fn open_private(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt as _;
-        // The flag's value fits an `i32` on every unix (0o400000 on Linux x86).
-        options
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+        // `O_NONBLOCK`: a FIFO planted at the name must not hang the open; it is refused below
+        // like anything else that is not a regular file (the flag does not change reads,
+        // writes or `flock` on regular files). The flags fit an `i32` on every unix.
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+        options.mode(0o600).custom_flags(flags.bits() as i32);
     }
     #[cfg(not(unix))]
     if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
@@ -683,6 +684,41 @@ mod tests {
         lease.unwrap().release().await.unwrap();
         let mode = fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_fifo_at_a_files_name_is_refused_without_blocking() {
+        let dir = temp_dir("fifo");
+        let store = FileStore::new(&dir);
+        store.save("a", &tokens("A")).await.unwrap();
+        for path in [store.path_for("a"), store.lock_path("a")] {
+            let _ = fs::remove_file(&path);
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &path,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o600),
+                0,
+            )
+            .unwrap();
+        }
+        let refused = tokio::time::timeout(Duration::from_secs(5), async {
+            (
+                store.load("a").await.unwrap_err(),
+                store
+                    .lock_refresh("a", Duration::from_secs(1))
+                    .await
+                    .unwrap_err(),
+            )
+        })
+        .await
+        .expect("opening a FIFO blocked");
+        for e in [refused.0, refused.1] {
+            assert!(!e.is_transient(), "{e}");
+            assert!(e.to_string().contains("not a regular file"), "{e}");
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 
