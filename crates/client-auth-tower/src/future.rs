@@ -1,8 +1,14 @@
 //! The response future: a state machine that waits for a credential, sends, tells the provider
 //! how the server answered, and retries a 401 at most once.
+//!
+//! Every state holds its own data, so a state without what it needs cannot be written. The
+//! states without a pinned future live in `Step`: each transition moves the step out by value
+//! (leaving `Step::Done`) and moves it back in while it waits.
 
 use std::fmt;
 use std::future::Future;
+use std::mem;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -10,7 +16,7 @@ use std::task::{Context, Poll, ready};
 use client_auth::{
     AuthorizationProvider, AuthorizeFuture, Credential, Unauthorized, UnauthorizedFuture,
 };
-use http::{Extensions, HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
@@ -32,202 +38,122 @@ pin_project! {
         S: Service<Request<B>>,
     {
         #[pin]
-        state: State<S::Future>,
-        // The service for a deferred send or the retry; `None` when neither can happen.
-        service: Option<S>,
-        // The request to send once `service` is ready (and, first, once it is stamped).
-        request: Option<Request<B>>,
-        // The provider and the credential of a request the layer stamps; `None` when the
-        // request passes through untouched.
-        stamp: Option<Stamp>,
-        // What a 401 can lead to.
-        retry: Retry<B>,
-        // The 401 kept while the provider decides about it.
-        unauthorized: Option<S::Response>,
+        state: State<S, B>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
-        // No credential for this request: the inner future, untouched.
-        PassThrough { #[pin] future: F },
-        // Waiting for the provider's credential; no readiness of the inner service is held.
-        Authorizing { credential: AuthorizeFuture },
-        // Making `service` ready, then sending `request`.
-        Ready,
-        // The stamped request is on its way.
-        Sent { #[pin] future: F },
-        // The provider decides about a 401.
-        Unauthorized { answer: UnauthorizedFuture },
-        // The provider failed before anything was sent.
-        Failed { error: Option<client_auth::Error> },
-        // The output was returned.
-        Done,
+    pub(crate) enum State<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        // Not ours to stamp: the inner future, untouched.
+        PassThrough { #[pin] future: S::Future },
+        // The stamped request is on its way; `retry` says what a 401 to it can lead to.
+        Sent { #[pin] future: S::Future, stamp: Stamp, retry: Retry<Pending<S, B>> },
+        // Between two sends, or finished: nothing pinned.
+        Step { step: Step<S, B> },
     }
 }
 
-/// What the request looked like before it was stamped, for the one retry.
-pub(crate) struct Snapshot<B> {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-    extensions: Extensions,
-    body: B,
+/// The states that hold no pinned future.
+pub(crate) enum Step<S: Service<Request<B>>, B> {
+    /// Waiting for the provider's credential; no readiness of the inner service is held.
+    Authorizing(AuthorizeFuture, Pending<S, B>),
+    /// Making the service ready, then stamping and sending.
+    Readying(Credential, Pending<S, B>),
+    /// The provider decides about a 401, kept until it has; then the retry is ready to go.
+    Unauthorized(UnauthorizedFuture, S::Response, Pending<S, B>),
+    /// The provider failed before anything was sent.
+    Failed(client_auth::Error),
+    /// The output was returned (or the step is being moved).
+    Done,
 }
 
-impl<B> Snapshot<B> {
-    pub(crate) fn of(request: &Request<B>, body: B) -> Self {
-        Self {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            version: request.version(),
-            headers: request.headers().clone(),
-            extensions: request.extensions().clone(),
-            body,
-        }
-    }
-
-    fn into_request(self, credential: &Credential) -> Request<B> {
-        let mut request = Request::new(self.body);
-        *request.method_mut() = self.method;
-        *request.uri_mut() = self.uri;
-        *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers;
-        *request.extensions_mut() = self.extensions;
-        credential.apply(request.headers_mut());
-        request
-    }
+/// A request to stamp and send once its credential is there and `service` is ready.
+pub(crate) struct Pending<S, B> {
+    pub(crate) service: S,
+    pub(crate) request: Request<B>,
+    pub(crate) provider: Arc<dyn AuthorizationProvider>,
+    pub(crate) retry: Retry<Box<Request<B>>>,
 }
 
-/// The provider a stamped request answers to, and the credential it was (or will be) sent
-/// with: told about a 401 (`on_unauthorized`) or any other answer (`on_accepted`).
+/// The provider a stamped request answers to, and the credential it was sent with: told about
+/// a 401 (`on_unauthorized`) or any other answer (`on_accepted`).
 pub(crate) struct Stamp {
-    provider: Arc<dyn AuthorizationProvider>,
-    /// Set when the request is stamped (at once on the fresh path, after the wait otherwise),
-    /// replaced by the retry's.
-    credential: Option<Credential>,
+    pub(crate) provider: Arc<dyn AuthorizationProvider>,
+    pub(crate) credential: Credential,
 }
 
-impl Stamp {
-    /// A request stamped with `credential` (the fresh path).
-    pub(crate) fn sent(provider: Arc<dyn AuthorizationProvider>, credential: Credential) -> Self {
-        Self {
-            provider,
-            credential: Some(credential),
-        }
-    }
-
-    /// A request that waits for its credential.
-    pub(crate) fn pending(provider: Arc<dyn AuthorizationProvider>) -> Self {
-        Self {
-            provider,
-            credential: None,
-        }
-    }
-}
-
-/// Whether, and how, a 401 can be retried.
-pub(crate) enum Retry<B> {
-    /// Never: no credential stamped, or a provider that never recovers.
+/// Whether, and how, a 401 can be retried: `T` is the snapshot before the send, and the retry
+/// ready to go after it. Boxed before the send: the snapshot allocates anyway (headers), and
+/// the future stays small on the paths that take none.
+pub(crate) enum Retry<T> {
+    /// Never: a provider that never recovers, or the retry itself.
     Never,
     /// The provider could recover, but the body could not be copied before the send.
     BodyNotCloned,
-    /// One retry is possible once the provider says so. Boxed: the snapshot allocates anyway
-    /// (headers), and the future stays small on the paths that take none.
-    Armed(Box<Snapshot<B>>),
-    /// The retry was made.
-    Spent,
+    /// One retry is possible once the provider says so.
+    Armed(T),
 }
 
-/// A state the future can only reach through a bug; reported instead of panicking.
-#[derive(Debug)]
-struct InvalidState(&'static str);
-
-impl fmt::Display for InvalidState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "client-auth-tower: {}", self.0)
-    }
+/// A copy of `request` with `body`, taken before it is stamped, for the one retry.
+pub(crate) fn snapshot<B>(request: &Request<B>, body: B) -> Box<Request<B>> {
+    let mut copy = Request::new(body);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    Box::new(copy)
 }
 
-impl std::error::Error for InvalidState {}
-
-fn invalid(what: &'static str) -> BoxError {
-    Box::new(InvalidState(what))
-}
-
-impl<S, B> ResponseFuture<S, B>
+/// Stamps `request` and sends it on `service`, which `poll_ready` made ready. With a retry
+/// armed, the service called is kept for the retry and `service` becomes a clone of it.
+pub(crate) fn send<S, B>(
+    service: &mut S,
+    mut request: Request<B>,
+    stamp: Stamp,
+    retry: Retry<Box<Request<B>>>,
+) -> State<S, B>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>> + Clone,
 {
-    pub(crate) fn pass_through(future: S::Future) -> Self {
-        Self::with(
-            State::PassThrough { future },
-            None,
-            None,
-            None,
-            Retry::Never,
-        )
-    }
-
-    /// A request stamped and sent at once; `stamp` holds its credential.
-    pub(crate) fn sent(
-        future: S::Future,
-        service: Option<S>,
-        stamp: Stamp,
-        retry: Retry<B>,
-    ) -> Self {
-        Self::with(State::Sent { future }, service, None, Some(stamp), retry)
-    }
-
-    pub(crate) fn failed(error: client_auth::Error) -> Self {
-        Self::with(
-            State::Failed { error: Some(error) },
-            None,
-            None,
-            None,
-            Retry::Never,
-        )
-    }
-
-    pub(crate) fn authorizing(
-        credential: AuthorizeFuture,
-        service: S,
-        request: Request<B>,
-        stamp: Stamp,
-        retry: Retry<B>,
-    ) -> Self {
-        Self::with(
-            State::Authorizing { credential },
-            Some(service),
-            Some(request),
-            Some(stamp),
-            retry,
-        )
-    }
-
-    fn with(
-        state: State<S::Future>,
-        service: Option<S>,
-        request: Option<Request<B>>,
-        stamp: Option<Stamp>,
-        retry: Retry<B>,
-    ) -> Self {
-        Self {
-            state,
-            service,
-            request,
-            stamp,
-            retry,
-            unauthorized: None,
+    stamp.credential.apply(request.headers_mut());
+    let (future, retry) = match retry {
+        // No retry to send later: no clone of the service either.
+        Retry::Never => (service.call(request), Retry::Never),
+        Retry::BodyNotCloned => (service.call(request), Retry::BodyNotCloned),
+        Retry::Armed(copy) => {
+            let clone = service.clone();
+            let mut ready = mem::replace(service, clone);
+            let future = ready.call(request);
+            let retry = Pending {
+                service: ready,
+                request: *copy,
+                provider: Arc::clone(&stamp.provider),
+                retry: Retry::Never,
+            };
+            (future, Retry::Armed(retry))
         }
+    };
+    State::Sent {
+        future,
+        stamp,
+        retry,
+    }
+}
+
+impl<S: Service<Request<B>>, B> ResponseFuture<S, B> {
+    pub(crate) fn new(state: State<S, B>) -> Self {
+        Self { state }
     }
 }
 
 impl<S, B, ResB> Future for ResponseFuture<S, B>
 where
-    S: Service<Request<B>, Response = Response<ResB>>,
+    S: Service<Request<B>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
 {
     type Output = Result<Response<ResB>, BoxError>;
@@ -235,139 +161,112 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            match this.state.as_mut().project() {
+            let step = match this.state.as_mut().project() {
                 StateProj::PassThrough { future } => {
                     let output = ready!(future.poll(cx)).map_err(Into::into);
-                    this.state.set(State::Done);
+                    this.state.set(State::Step { step: Step::Done });
                     return Poll::Ready(output);
                 }
-                StateProj::Authorizing { credential } => {
-                    let credential = match ready!(Pin::new(credential).poll(cx)) {
-                        Ok(credential) => credential,
-                        Err(error) => {
-                            // Never sent without its credential.
-                            this.state.set(State::Done);
-                            return Poll::Ready(Err(Box::new(error)));
-                        }
-                    };
-                    let (Some(request), Some(stamp)) = (this.request.as_mut(), this.stamp.as_mut())
-                    else {
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(invalid("no request to stamp")));
-                    };
-                    credential.apply(request.headers_mut());
-                    stamp.credential = Some(credential);
-                    this.state.set(State::Ready);
-                }
-                StateProj::Ready => {
-                    let Some(service) = this.service.as_mut() else {
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(invalid("no service to send with")));
-                    };
-                    if let Err(error) = ready!(service.poll_ready(cx)) {
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(error.into()));
-                    }
-                    let Some(request) = this.request.take() else {
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(invalid("no request to send")));
-                    };
-                    let future = service.call(request);
-                    this.state.set(State::Sent { future });
-                }
-                StateProj::Sent { future } => {
-                    let response = match ready!(future.poll(cx)) {
-                        Ok(response) => response,
-                        Err(error) => {
-                            this.state.set(State::Done);
-                            return Poll::Ready(Err(error.into()));
-                        }
-                    };
-                    let stamped = this.stamp.as_ref().and_then(|stamp| {
-                        let credential = stamp.credential.as_ref()?;
-                        Some((&stamp.provider, credential))
-                    });
-                    if response.status() != StatusCode::UNAUTHORIZED {
-                        // The server took the credential (whatever it then answered): the
-                        // provider learns that this token works, without a lock or a copy.
-                        if let Some((provider, credential)) = stamped {
-                            provider.on_accepted(credential);
-                        }
-                        this.state.set(State::Done);
-                        return Poll::Ready(Ok(response));
-                    }
-                    match (&*this.retry, stamped) {
-                        (Retry::Armed(_), Some((provider, credential))) => {
-                            let answer = provider.on_unauthorized(
-                                credential,
-                                response.status(),
-                                response.headers(),
-                            );
-                            *this.unauthorized = Some(response);
-                            this.state.set(State::Unauthorized { answer });
-                        }
-                        (Retry::BodyNotCloned, _) => {
-                            tracing::warn!(
-                                status = response.status().as_u16(),
-                                "401 not retried: the request body could not be copied before \
-                                 it was sent; configure a body clone hook to allow the retry"
-                            );
-                            this.state.set(State::Done);
-                            return Poll::Ready(Ok(response));
-                        }
-                        (Retry::Never | Retry::Spent | Retry::Armed(_), _) => {
-                            this.state.set(State::Done);
-                            return Poll::Ready(Ok(response));
-                        }
+                StateProj::Sent {
+                    future,
+                    stamp,
+                    retry,
+                } => {
+                    let output = ready!(future.poll(cx)).map_err(Into::into);
+                    let next = output.map(|response| answered(response, stamp, retry));
+                    this.state.set(State::Step { step: Step::Done });
+                    match next? {
+                        ControlFlow::Break(response) => return Poll::Ready(Ok(response)),
+                        ControlFlow::Continue(step) => step,
                     }
                 }
-                StateProj::Unauthorized { answer } => {
-                    let answer = ready!(Pin::new(answer).poll(cx));
-                    let retry = std::mem::replace(this.retry, Retry::Spent);
-                    match (answer, retry) {
-                        (Ok(Unauthorized::Retry(credential)), Retry::Armed(snapshot)) => {
-                            tracing::debug!(
-                                generation = credential.generation().get(),
-                                "401: retrying once with a new credential"
-                            );
-                            // The 401's body is dropped unread; the retry's answer is returned
-                            // whatever it is, and reported against the retry's credential.
-                            *this.unauthorized = None;
-                            *this.request = Some((*snapshot).into_request(&credential));
-                            if let Some(stamp) = this.stamp.as_mut() {
-                                stamp.credential = Some(credential);
-                            }
-                            this.state.set(State::Ready);
-                        }
-                        (Ok(_), _) => {
+                StateProj::Step { step } => match mem::replace(step, Step::Done) {
+                    Step::Authorizing(mut credential, pending) => {
+                        let Poll::Ready(credential) = Pin::new(&mut credential).poll(cx) else {
+                            *step = Step::Authorizing(credential, pending);
+                            return Poll::Pending;
+                        };
+                        // Never sent without its credential.
+                        Step::Readying(credential?, pending)
+                    }
+                    Step::Readying(credential, mut pending) => {
+                        let Poll::Ready(ready) = pending.service.poll_ready(cx) else {
+                            *step = Step::Readying(credential, pending);
+                            return Poll::Pending;
+                        };
+                        ready.map_err(Into::<BoxError>::into)?;
+                        let stamp = Stamp {
+                            provider: pending.provider,
+                            credential,
+                        };
+                        let sent =
+                            send(&mut pending.service, pending.request, stamp, pending.retry);
+                        this.state.set(sent);
+                        continue;
+                    }
+                    Step::Unauthorized(mut answer, response, pending) => {
+                        let Poll::Ready(answer) = Pin::new(&mut answer).poll(cx) else {
+                            *step = Step::Unauthorized(answer, response, pending);
+                            return Poll::Pending;
+                        };
+                        // A session that ended: the 401 is dropped and the error returned.
+                        let Unauthorized::Retry(credential) = answer? else {
                             tracing::debug!("401: the provider gave up; returned unchanged");
-                            this.state.set(State::Done);
-                            return Poll::Ready(
-                                this.unauthorized
-                                    .take()
-                                    .ok_or_else(|| invalid("the 401 was lost")),
-                            );
-                        }
-                        (Err(error), _) => {
-                            this.state.set(State::Done);
-                            *this.unauthorized = None;
-                            return Poll::Ready(Err(Box::new(error)));
-                        }
+                            return Poll::Ready(Ok(response));
+                        };
+                        tracing::debug!(
+                            generation = credential.generation().get(),
+                            "401: retrying once with a new credential"
+                        );
+                        // The 401's body is dropped unread; the retry's answer is returned
+                        // whatever it is, and reported against the retry's credential.
+                        Step::Readying(credential, pending)
                     }
-                }
-                StateProj::Failed { error } => {
-                    let error = error.take();
-                    this.state.set(State::Done);
-                    return Poll::Ready(Err(match error {
-                        Some(error) => Box::new(error),
-                        None => invalid("polled after completion"),
-                    }));
-                }
-                StateProj::Done => {
-                    return Poll::Ready(Err(invalid("polled after completion")));
-                }
-            }
+                    Step::Failed(error) => return Poll::Ready(Err(error.into())),
+                    Step::Done => {
+                        let done = "client-auth-tower: ResponseFuture polled after completion";
+                        return Poll::Ready(Err(client_auth::Error::Config(done.into()).into()));
+                    }
+                },
+            };
+            this.state.set(State::Step { step });
         }
+    }
+}
+
+/// What follows the answer to a stamped request: the response to return, or the step that
+/// asks the provider about a 401.
+fn answered<S, B, ResB>(
+    response: Response<ResB>,
+    stamp: &Stamp,
+    retry: &mut Retry<Pending<S, B>>,
+) -> ControlFlow<Response<ResB>, Step<S, B>>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+{
+    if response.status() != StatusCode::UNAUTHORIZED {
+        // The server took the credential (whatever it then answered): the provider learns
+        // that this token works, without a lock or a copy.
+        stamp.provider.on_accepted(&stamp.credential);
+        return ControlFlow::Break(response);
+    }
+    match mem::replace(retry, Retry::Never) {
+        Retry::Armed(retry) => {
+            let (status, headers) = (response.status(), response.headers());
+            let answer = stamp
+                .provider
+                .on_unauthorized(&stamp.credential, status, headers);
+            ControlFlow::Continue(Step::Unauthorized(answer, response, retry))
+        }
+        Retry::BodyNotCloned => {
+            tracing::warn!(
+                status = response.status().as_u16(),
+                "401 not retried: the request body could not be copied before it was sent; \
+                 configure a body clone hook to allow the retry"
+            );
+            ControlFlow::Break(response)
+        }
+        Retry::Never => ControlFlow::Break(response),
     }
 }
 
@@ -378,22 +277,17 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::PassThrough { .. } => "PassThrough",
-            State::Authorizing { .. } => "Authorizing",
-            State::Ready => "Ready",
             State::Sent { .. } => "Sent",
-            State::Unauthorized { .. } => "Unauthorized",
-            State::Failed { .. } => "Failed",
-            State::Done => "Done",
-        };
-        let retry = match &self.retry {
-            Retry::Never => "Never",
-            Retry::BodyNotCloned => "BodyNotCloned",
-            Retry::Armed(_) => "Armed",
-            Retry::Spent => "Spent",
+            State::Step { step } => match step {
+                Step::Authorizing(..) => "Authorizing",
+                Step::Readying(..) => "Readying",
+                Step::Unauthorized(..) => "Unauthorized",
+                Step::Failed(_) => "Failed",
+                Step::Done => "Done",
+            },
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
-            .field("retry", &retry)
             .finish_non_exhaustive()
     }
 }

@@ -18,9 +18,9 @@ use crate::service::Authorize;
 /// `C` is the body clone hook used to snapshot requests for the retry; see
 /// [`CloneRequestBody`](crate::CloneRequestBody).
 pub struct AuthorizeLayer<P, C = CloneBody> {
-    provider: Arc<P>,
-    origins: OriginPolicy,
-    clone_body: C,
+    pub(crate) provider: Arc<P>,
+    pub(crate) origins: OriginPolicy,
+    pub(crate) clone_body: C,
 }
 
 impl<P: AuthorizationProvider> AuthorizeLayer<P> {
@@ -75,12 +75,7 @@ impl<S, P, C: Clone> Layer<S> for AuthorizeLayer<P, C> {
     type Service = Authorize<S, P, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Authorize::from_parts(
-            inner,
-            Arc::clone(&self.provider),
-            self.origins.clone(),
-            self.clone_body.clone(),
-        )
+        Authorize::from_layer(inner, self.clone())
     }
 }
 

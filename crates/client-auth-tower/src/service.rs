@@ -1,17 +1,19 @@
 //! The middleware service: decides per request, then hands over to [`ResponseFuture`].
 
 use std::fmt;
+use std::mem;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use client_auth::{AuthorizationProvider, OriginPolicy, Plan, RequestView, plan_request};
 use http::header::AUTHORIZATION;
 use http::{Request, Response};
+use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::BoxError;
 use crate::body::{CloneBody, CloneRequestBody};
-use crate::future::{ResponseFuture, Retry, Snapshot, Stamp};
+use crate::future::{Pending, ResponseFuture, Retry, Stamp, State, Step, send, snapshot};
 use crate::layer::AuthorizeLayer;
 
 /// Middleware that stamps the provider's `Authorization` header on requests to the allowed
@@ -25,15 +27,13 @@ use crate::layer::AuthorizeLayer;
 /// - `C`: the body clone hook ([`CloneRequestBody`]), [`CloneBody`] by default.
 pub struct Authorize<S, P, C = CloneBody> {
     inner: S,
-    provider: Arc<P>,
-    origins: OriginPolicy,
-    clone_body: C,
+    layer: AuthorizeLayer<P, C>,
 }
 
 impl<S, P: AuthorizationProvider> Authorize<S, P> {
     /// Wraps `inner`, sending `provider`'s credentials to the `origins` allowed.
     pub fn new(inner: S, provider: P, origins: OriginPolicy) -> Self {
-        Self::from_parts(inner, Arc::new(provider), origins, CloneBody)
+        AuthorizeLayer::new(provider, origins).layer(inner)
     }
 
     /// A layer wrapping services in `Authorize`, as [`AuthorizeLayer::new`].
@@ -43,18 +43,8 @@ impl<S, P: AuthorizationProvider> Authorize<S, P> {
 }
 
 impl<S, P, C> Authorize<S, P, C> {
-    pub(crate) fn from_parts(
-        inner: S,
-        provider: Arc<P>,
-        origins: OriginPolicy,
-        clone_body: C,
-    ) -> Self {
-        Self {
-            inner,
-            provider,
-            origins,
-            clone_body,
-        }
+    pub(crate) fn from_layer(inner: S, layer: AuthorizeLayer<P, C>) -> Self {
+        Self { inner, layer }
     }
 
     /// The inner service.
@@ -74,23 +64,18 @@ impl<S, P, C> Authorize<S, P, C> {
 
     /// The provider.
     pub fn provider(&self) -> &Arc<P> {
-        &self.provider
+        self.layer.provider()
     }
 
     /// The origins that receive credentials.
     pub fn origins(&self) -> &OriginPolicy {
-        &self.origins
+        self.layer.origins()
     }
 }
 
 impl<S: Clone, P, C: Clone> Clone for Authorize<S, P, C> {
     fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            provider: Arc::clone(&self.provider),
-            origins: self.origins.clone(),
-            clone_body: self.clone_body.clone(),
-        }
+        Self::from_layer(self.inner.clone(), self.layer.clone())
     }
 }
 
@@ -98,9 +83,7 @@ impl<S: fmt::Debug, P, C> fmt::Debug for Authorize<S, P, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Authorize")
             .field("inner", &self.inner)
-            .field("provider", &std::any::type_name::<P>())
-            .field("origins", &self.origins)
-            .field("clone_body", &std::any::type_name::<C>())
+            .field("layer", &self.layer)
             .finish()
     }
 }
@@ -120,7 +103,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         // Everything the provider needs is borrowed from the request: nothing is allocated
         // before the plan says this request gets a credential.
         let (mut credential, provider, retry) = {
@@ -134,16 +117,20 @@ where
                 request.extensions(),
             );
             let caller_set = request.headers().contains_key(AUTHORIZATION);
-            let provider = match plan_request(&self.provider, &self.origins, &view, caller_set) {
-                Plan::PassThrough => return ResponseFuture::pass_through(self.inner.call(request)),
+            let layer = &self.layer;
+            let provider = match plan_request(&layer.provider, &layer.origins, &view, caller_set) {
+                Plan::PassThrough => {
+                    let future = self.inner.call(request);
+                    return ResponseFuture::new(State::PassThrough { future });
+                }
                 Plan::Authorize(provider) => provider,
             };
             let credential = provider.authorize(&view);
             // The snapshot is taken before stamping (the retry is stamped with the new
             // credential), and only when the provider can answer a 401 with a retry.
             let retry = if provider.can_recover() {
-                match self.clone_body.clone_body(request.body()) {
-                    Some(body) => Retry::Armed(Box::new(Snapshot::of(&request, body))),
+                match layer.clone_body.clone_body(request.body()) {
+                    Some(body) => Retry::Armed(snapshot(&request, body)),
                     None => Retry::BodyNotCloned,
                 }
             } else {
@@ -154,58 +141,36 @@ where
             (credential, provider.to_owned(), retry)
         };
 
-        match credential.take_ready() {
-            // The fresh path: stamp and send on the service `poll_ready` made ready.
+        let step = match credential.take_ready() {
+            // The fresh path: stamp and send on the service `poll_ready` made ready. The
+            // credential itself moves into the future: no copy.
             Some(Ok(credential)) => {
-                credential.apply(request.headers_mut());
-                // The credential itself moves into the future: no copy.
-                let stamp = Stamp::sent(provider, credential);
-                match retry {
-                    retry @ (Retry::Never | Retry::BodyNotCloned | Retry::Spent) => {
-                        // No retry to send later: no clone of the service either.
-                        let future = self.inner.call(request);
-                        ResponseFuture::sent(future, None, stamp, retry)
-                    }
-                    armed @ Retry::Armed(_) => {
-                        // Keep the service that was made ready (it is called now and kept
-                        // for the retry); `self` gets a clone, made ready by the next
-                        // `poll_ready`.
-                        let clone = self.inner.clone();
-                        let mut ready = std::mem::replace(&mut self.inner, clone);
-                        let future = ready.call(request);
-                        ResponseFuture::sent(future, Some(ready), stamp, armed)
-                    }
-                }
-            }
-            // The provider failed: the request is not sent, and the readiness reserved by
-            // `poll_ready` is given back.
-            Some(Err(error)) => {
-                self.release_readiness();
-                ResponseFuture::failed(error)
-            }
-            // A refresh is under way. Waiting must not hold the inner service's readiness (a
-            // `Buffer` or `ConcurrencyLimit` slot the token transport may need): the ready
-            // service is dropped, and a clone is made ready once the credential is there.
-            None => {
-                self.release_readiness();
-                let service = self.inner.clone();
-                ResponseFuture::authorizing(
+                let stamp = Stamp {
+                    provider,
                     credential,
+                };
+                return ResponseFuture::new(send(&mut self.inner, request, stamp, retry));
+            }
+            // The provider failed: the request is not sent.
+            Some(Err(error)) => Step::Failed(error),
+            // A refresh is under way: a clone of the service is made ready once the credential
+            // is there.
+            None => {
+                let service = self.inner.clone();
+                let pending = Pending {
                     service,
                     request,
-                    Stamp::pending(provider),
+                    provider,
                     retry,
-                )
+                };
+                Step::Authorizing(credential, pending)
             }
-        }
-    }
-}
-
-impl<S: Clone, P, C> Authorize<S, P, C> {
-    /// Drops the service `poll_ready` made ready (and the capacity it reserved), leaving a
-    /// fresh clone in its place that the next `poll_ready` makes ready.
-    fn release_readiness(&mut self) {
+        };
+        // Nothing is sent now, so the readiness reserved by `poll_ready` is given back: waiting
+        // must not hold a `Buffer` or `ConcurrencyLimit` slot the token transport may need. The
+        // ready service is dropped, and `self` keeps a clone for the next `poll_ready`.
         let clone = self.inner.clone();
-        drop(std::mem::replace(&mut self.inner, clone));
+        drop(mem::replace(&mut self.inner, clone));
+        ResponseFuture::new(State::Step { step })
     }
 }
