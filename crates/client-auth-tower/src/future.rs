@@ -21,6 +21,15 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::BoxError;
+#[cfg(feature = "follow-redirect")]
+use crate::redirect::answered_by;
+
+/// Without tower-http's `FollowRedirect` in the stack, a response comes from where its request
+/// was sent.
+#[cfg(not(feature = "follow-redirect"))]
+fn answered_by<R>(_response: &Response<R>, _sent: &http::Uri) -> bool {
+    true
+}
 
 pin_project! {
     /// The response future of [`Authorize`](crate::Authorize).
@@ -251,12 +260,16 @@ where
         return ControlFlow::Break(response);
     }
     match mem::replace(retry, Retry::Never) {
-        Retry::Armed(retry) => {
+        Retry::Armed(retry) if answered_by(&response, retry.request.uri()) => {
             let (status, headers) = (response.status(), response.headers());
             let answer = stamp
                 .provider
                 .on_unauthorized(&stamp.credential, status, headers);
             ControlFlow::Continue(Step::Unauthorized(answer, response, retry))
+        }
+        Retry::Armed(_) => {
+            tracing::debug!("401 from another origin after a redirect: returned without a retry");
+            ControlFlow::Break(response)
         }
         Retry::BodyNotCloned => {
             tracing::warn!(

@@ -115,13 +115,17 @@
 //!
 //! # Redirects
 //!
-//! Put tower-http's `FollowRedirect` **outside** `Authorize`, so each hop passes through
-//! `Authorize` and the origin check runs on every hop:
+//! The credential goes on the first hop only. Once a redirect chain leaves the origin of that
+//! hop, no later hop carries it, even one that comes back; a 401 whose final URI is on another
+//! origin is returned, not retried. This is what the reqwest middleware does (reqwest follows
+//! redirects by itself), and for tower it takes one placement: `AuthorizeLayer` **outside**
+//! tower-http's `FollowRedirect` (listed before it in `ServiceBuilder`), with
+//! [`RedirectPolicy`] as the redirect policy (feature `follow-redirect`):
 //!
 //! ```no_run
 //! use bytes::Bytes;
 //! use client_auth::StaticToken;
-//! use client_auth_tower::AuthorizeLayer;
+//! use client_auth_tower::{AuthorizeLayer, RedirectPolicy};
 //! use http_body_util::Full;
 //! use hyper_util::client::legacy::Client;
 //! use hyper_util::rt::TokioExecutor;
@@ -133,12 +137,12 @@
 //! // Plain HTTP for brevity; give the client a TLS connector (hyper-rustls) for https.
 //! let http_client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
 //! let mut client = ServiceBuilder::new()
-//!     .layer(FollowRedirectLayer::new()) // outside: sees the redirects
 //!     .layer(
 //!         AuthorizeLayer::builder(StaticToken::api_key("my-api-key")?)
 //!             .allow_origin("https://api.example.com")
 //!             .build()?,
-//!     ) // inside: decides per hop
+//!     ) // outside: stamps the first hop, reads the final URI of a 401
+//!     .layer(FollowRedirectLayer::with_policy(RedirectPolicy::default())) // inside
 //!     .service(http_client);
 //!
 //! let request = http::Request::get("https://api.example.com/v1/moved").body(Full::default())?;
@@ -148,19 +152,10 @@
 //! # }
 //! ```
 //!
-//! With this order, the `Authorization` that `Authorize` stamps is never seen by
-//! `FollowRedirect`: each hop is stamped afresh if, and only if, its origin is allowed. A
-//! header the *caller* set is copied to the next hop by `FollowRedirect`; its default policy
-//! (`FilterCredentials`, part of `policy::Standard`) removes `Authorization`, `Cookie` and
-//! `Proxy-Authorization` on a cross-origin hop. Keep that default, or for stricter settings use
-//! `FilterCredentials::new().block_any()` (drop caller credentials on every hop).
-//! `FollowRedirect` (tower-http 0.6, the version reqwest 0.13 uses) does not carry request
-//! extensions over to later hops: a per-request [`AuthorizationControl`] applies to the first
-//! hop only, and a redirect to an allowed origin is stamped with the layer's provider.
-//!
-//! The other order (`Authorize` outside `FollowRedirect`) is not supported: the first hop's
-//! credential would travel to redirect targets subject only to `FollowRedirect`'s policy, and
-//! a 401 from another origin could trigger a refresh.
+//! The other order (`FollowRedirect` outside `AuthorizeLayer`) is not supported: with
+//! tower-http's own policies it stamps every hop to an allowed origin, including a hop that a
+//! foreign site redirected to your API. The [`redirect`] module explains the rule, the policy,
+//! and what each order does, with a runnable example; so does `examples/redirects.rs`.
 //!
 //! # Errors
 //!
@@ -184,7 +179,11 @@
 //!
 //! # Feature flags
 //!
-//! This crate has no cargo features. It turns on nothing in `client-auth`; enable the core's
+//! | feature | adds |
+//! |---|---|
+//! | `follow-redirect` | [`RedirectPolicy`] and the final-URI check of a 401, for `AuthorizeLayer` outside tower-http 0.6's `FollowRedirect` |
+//!
+//! None is on by default. The crate turns on nothing in `client-auth`; enable the core's
 //! `reqwest` or `tower` feature for the token-endpoint transport you use.
 //!
 //! [`AuthorizationProvider::can_recover`]: client_auth::AuthorizationProvider::can_recover
@@ -193,6 +192,8 @@
 mod body;
 mod future;
 mod layer;
+#[cfg(feature = "follow-redirect")]
+pub mod redirect;
 mod service;
 
 pub use client_auth;
@@ -201,6 +202,8 @@ pub use client_auth::{AuthorizationControl, AuthorizationProvider, OriginPolicy}
 pub use body::{CloneBody, CloneEmptyBody, CloneRequestBody, NeverClone};
 pub use future::ResponseFuture;
 pub use layer::{AuthorizeLayer, AuthorizeLayerBuilder};
+#[cfg(feature = "follow-redirect")]
+pub use redirect::RedirectPolicy;
 pub use service::Authorize;
 
 /// The error type of [`Authorize`]: the inner service's error or a [`client_auth::Error`].

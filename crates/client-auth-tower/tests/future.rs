@@ -541,6 +541,45 @@ fn a_401_to_a_body_that_was_not_copied_is_returned_without_asking() {
 }
 
 #[test]
+fn a_401_from_another_origin_after_a_redirect_is_returned_without_asking() {
+    let provider = Scripted::fresh();
+    let (inner, shared) = Inner::new();
+    let mut service = service(&provider, inner);
+    let mut future = pin!(call(&mut service, post(API)));
+    shared.answer(
+        0,
+        StatusCode::UNAUTHORIZED,
+        Some("https://bucket.storage.example/export.csv"),
+    );
+    let response = poll(&mut future).unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        provider.asked.load(Ordering::SeqCst),
+        0,
+        "not ours to retry"
+    );
+    assert!(provider.accepted().is_empty());
+    assert_eq!(shared.sent(), 1);
+}
+
+#[test]
+fn a_401_whose_final_uri_is_the_stamped_origin_is_asked_about() {
+    let provider = Scripted::fresh();
+    let (inner, shared) = Inner::new();
+    let mut service = service(&provider, inner);
+    let mut future = pin!(call(&mut service, post(API)));
+    // A same-origin redirect (or A -> B -> A) ends on the stamped origin.
+    shared.answer(
+        0,
+        StatusCode::UNAUTHORIZED,
+        Some("https://API.example.com:443/v2/moved"),
+    );
+    assert!(poll(&mut future).is_none());
+    assert_eq!(state(&future), "Unauthorized");
+    assert_eq!(provider.asked.load(Ordering::SeqCst), 1);
+}
+
+#[test]
 fn skip_and_a_per_request_provider_are_read_from_the_extensions() {
     let provider = Scripted::fresh();
     let (inner, shared) = Inner::new();

@@ -12,7 +12,7 @@ use client_auth::{
     OAuthProviderBuilder, SessionReason, SessionState, StaticToken, TowerTransport,
 };
 use client_auth_testkit::{ServerConfig, TestServer};
-use client_auth_tower::{AuthorizeLayer, BoxError, NeverClone};
+use client_auth_tower::{AuthorizeLayer, BoxError, NeverClone, RedirectPolicy};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -396,18 +396,18 @@ async fn a_buffer_slot_needed_by_the_token_transport_is_not_held_during_a_refres
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_follow_redirect_outside_each_hop_is_checked_against_the_origins() {
+async fn outside_follow_redirect_the_credential_goes_on_the_first_hop_and_stays_on_its_origin() {
     let server = TestServer::start().await.unwrap();
     let elsewhere = TestServer::start().await.unwrap();
     let clock = ManualClock::new();
     let (provider, grant) = logged_in(&server, &clock);
     let mut client = ServiceBuilder::new()
-        .layer(FollowRedirectLayer::new())
         .layer(layer_for(&server, provider))
+        .layer(FollowRedirectLayer::with_policy(RedirectPolicy::default()))
         .service(http_client());
     let bearer = Some(format!("Bearer {}", grant.access_token));
 
-    // Same origin: the hop is stamped again.
+    // Same origin: the second hop carries the first hop's credential.
     let to = server.resource_url();
     let response = client
         .ready()
@@ -419,7 +419,7 @@ async fn with_follow_redirect_outside_each_hop_is_checked_against_the_origins() 
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(authorizations(&server), [bearer.clone(), bearer.clone()]);
 
-    // Another origin: the hop goes out without a credential.
+    // Another origin: the hop goes out without a credential, and its 401 is not retried.
     let to = elsewhere.resource_url();
     let response = client
         .ready()
@@ -430,6 +430,7 @@ async fn with_follow_redirect_outside_each_hop_is_checked_against_the_origins() 
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(authorizations(&elsewhere), [None]);
+    assert_eq!(server.stats().token_calls, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
