@@ -11,8 +11,11 @@ use crate::error::Error;
 /// Sends one token-endpoint request and returns the whole answer.
 ///
 /// Implementations must not follow redirects (a 3xx is returned as it is, and the provider turns
-/// it into [`Error::Redirect`]), and must stop reading a body longer than `max_body` bytes with
-/// [`InvalidResponse::TooLarge`](crate::InvalidResponse::TooLarge). The provider applies its own timeout around the call.
+/// it into [`Error::Redirect`]): the request carries the client secret and the refresh token.
+/// They must stop reading a body longer than `max_body` bytes with
+/// [`InvalidResponse::TooLarge`](crate::InvalidResponse::TooLarge). The provider applies its own
+/// timeout around the call, and removes the request's secrets and URL userinfo and query
+/// values from the text of any error returned.
 pub trait TokenTransport: Send + Sync + fmt::Debug + 'static {
     /// Sends `request`, reading at most `max_body` bytes of the answer.
     ///
@@ -59,10 +62,32 @@ mod reqwest_transport {
 
     /// The token-endpoint transport on reqwest (feature `reqwest`).
     ///
-    /// [`new`](Self::new) builds its own client that never follows redirects. A client handed
-    /// to [`with_client`](Self::with_client) must be built with
-    /// `redirect(reqwest::redirect::Policy::none())` too, or a redirecting token endpoint would
-    /// receive the refresh token and client secret twice.
+    /// Its client never follows redirects: a token endpoint that answers 3xx gets no second
+    /// request, so the refresh token and client secret are never re-sent to the redirect
+    /// target; the provider turns the 3xx into [`Error::Redirect`]. That is why there is no
+    /// constructor taking a ready `reqwest::Client` (whose redirect policy cannot be checked):
+    /// hand in a `reqwest::ClientBuilder` instead, and the transport sets the policy.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use client_auth::{OAuthProvider, ReqwestTransport};
+    ///
+    /// // Proxies, TLS roots and timeouts stay yours; redirects are switched off whatever the
+    /// // builder says.
+    /// let builder = reqwest::Client::builder()
+    ///     .connect_timeout(Duration::from_secs(3))
+    ///     .redirect(reqwest::redirect::Policy::limited(10));
+    /// let transport = ReqwestTransport::from_client_builder(builder)?;
+    ///
+    /// let provider = OAuthProvider::client_credentials("https://auth.example.com/oauth/token")
+    ///     .client_id("my-service")
+    ///     .client_secret("my-secret")
+    ///     .transport(Arc::new(transport))
+    ///     .build()?;
+    /// # let _ = provider;
+    /// # Ok::<(), client_auth::Error>(())
+    /// ```
     #[derive(Debug, Clone)]
     pub struct ReqwestTransport {
         client: reqwest::Client,
@@ -75,17 +100,32 @@ mod reqwest_transport {
         ///
         /// [`Error::Config`] when the TLS backend cannot be initialised.
         pub fn new() -> Result<Self, Error> {
-            let client = reqwest::Client::builder()
+            Self::from_client_builder(
+                reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)),
+            )
+        }
+
+        /// A transport on a client built from `builder`, with redirects switched off
+        /// (`redirect::Policy::none()`, replacing any policy the builder has) and reqwest's
+        /// verbose connection logging off (it would log the request body, which holds the
+        /// secrets). Everything else (proxies, TLS roots, timeouts, headers) is the builder's.
+        ///
+        /// A retry policy set on the builder (`ClientBuilder::retry`) applies to token requests
+        /// too: keep it to what reqwest retries by default. The provider backs off and retries
+        /// refreshes itself, and a replayed refresh token can end the session on a server that
+        /// detects refresh-token reuse.
+        ///
+        /// # Errors
+        ///
+        /// [`Error::Config`] when reqwest cannot build the client (its TLS backend cannot be
+        /// initialised, a setting is invalid).
+        pub fn from_client_builder(builder: reqwest::ClientBuilder) -> Result<Self, Error> {
+            let client = builder
                 .redirect(reqwest::redirect::Policy::none())
-                .timeout(std::time::Duration::from_secs(10))
+                .connection_verbose(false)
                 .build()
                 .map_err(|_| Error::Config("could not build the reqwest client".into()))?;
             Ok(Self { client })
-        }
-
-        /// A transport on `client`, which must not follow redirects.
-        pub fn with_client(client: reqwest::Client) -> Self {
-            Self { client }
         }
     }
 
@@ -145,10 +185,19 @@ mod tower_transport {
     use crate::error::{TransportError, TransportErrorKind};
 
     /// The token-endpoint transport on any `tower_service::Service` (feature `tower`), such as
-    /// a hyper-util client. The service must not follow redirects.
+    /// a hyper-util client.
+    ///
+    /// **The service must not follow redirects**: this transport cannot see what happens
+    /// inside it. hyper-util's client never does; do not wrap it in tower-http's
+    /// `FollowRedirect` (which sends a 301, 302 or 303 on to the `Location` as a `GET`, with the
+    /// client-secret `Authorization` header on a same-origin hop, and a 307 or 308 with the form
+    /// when its policy clones bodies) or in any other redirect follower. A 3xx that reaches the transport is returned as it is, and the provider turns
+    /// it into [`Error::Redirect`] without a second request.
     ///
     /// `ReqB` is the request body type the service takes; it is built from the form bytes
-    /// (`http_body_util::Full<Bytes>` works).
+    /// (`http_body_util::Full<Bytes>` works). The service's errors are kept as the source of
+    /// [`Error::Transport`], unless their text holds a secret of the request or a URL with
+    /// userinfo or a query: then a redacted copy of their messages replaces them.
     pub struct TowerTransport<S, ReqB> {
         service: S,
         _body: PhantomData<fn() -> ReqB>,
@@ -170,7 +219,7 @@ mod tower_transport {
     }
 
     impl<S, ReqB> TowerTransport<S, ReqB> {
-        /// A transport on `service`.
+        /// A transport on `service`, which must not follow redirects.
         pub fn new(service: S) -> Self {
             Self {
                 service,
