@@ -67,6 +67,10 @@ pub enum Error {
     /// The credential cannot be used as an HTTP header value.
     #[error("the credential contains characters that are not allowed in an HTTP header value")]
     InvalidHeaderValue,
+    /// The credential is empty or only whitespace (after its scheme, such as `Bearer`, is
+    /// removed).
+    #[error("the credential is empty or only whitespace")]
+    EmptyCredential,
     /// A refresh was needed, but no tokio runtime is running on this thread.
     #[error(
         "a tokio runtime is required to refresh credentials, and none is running on this thread"
@@ -251,8 +255,8 @@ pub enum InvalidResponse {
     /// The body is not JSON, or not a JSON object.
     #[error("the body is not a JSON object")]
     NotJson,
-    /// `access_token` is missing or empty.
-    #[error("`access_token` is missing")]
+    /// `access_token` is missing, empty or only whitespace.
+    #[error("`access_token` is missing or empty")]
     MissingAccessToken,
     /// `token_type` is missing.
     #[error("`token_type` is missing")]

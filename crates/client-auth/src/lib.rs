@@ -47,6 +47,7 @@
 //! None is on by default.
 
 mod adapter;
+mod auth_header;
 mod clock;
 mod customer;
 mod error;

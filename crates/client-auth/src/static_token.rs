@@ -17,6 +17,7 @@ use std::fmt;
 use base64::Engine as _;
 use http::HeaderValue;
 
+use crate::auth_header;
 use crate::error::Error;
 use crate::provider::{
     AuthorizationProvider, AuthorizeFuture, Credential, Generation, RequestView,
@@ -33,18 +34,40 @@ pub struct StaticToken {
 impl StaticToken {
     /// `Authorization: Token KEY`.
     ///
+    /// A key that already starts with `Token` and whitespace (any case) is not prefixed again;
+    /// surrounding whitespace is removed.
+    ///
     /// # Errors
     ///
-    /// [`Error::InvalidHeaderValue`] when the key has characters a header cannot carry.
+    /// [`Error::EmptyCredential`] when the key is empty or only whitespace,
+    /// [`Error::InvalidHeaderValue`] when it has characters a header cannot carry.
     pub fn api_key(key: &str) -> Result<Self, Error> {
         Self::with_scheme("Token", key)
     }
 
     /// `Authorization: Bearer TOKEN`.
     ///
+    /// A token that already starts with `Bearer` and whitespace (any case, spaces or tabs) is
+    /// not prefixed again; surrounding whitespace is removed.
+    ///
+    /// ```
+    /// use client_auth::{Error, StaticToken};
+    ///
+    /// // All three send `Authorization: Bearer abc`.
+    /// let _ = StaticToken::bearer("abc")?;
+    /// let _ = StaticToken::bearer(" Bearer abc")?;
+    /// let _ = StaticToken::bearer("bearer\tabc")?;
+    ///
+    /// // No token at all is a typed error, not a header without credentials.
+    /// assert!(matches!(StaticToken::bearer("   "), Err(Error::EmptyCredential)));
+    /// assert!(matches!(StaticToken::bearer("Bearer "), Err(Error::EmptyCredential)));
+    /// # Ok::<(), Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
-    /// [`Error::InvalidHeaderValue`] when the token has characters a header cannot carry.
+    /// [`Error::EmptyCredential`] when there is no token (after the scheme),
+    /// [`Error::InvalidHeaderValue`] when it has characters a header cannot carry.
     pub fn bearer(token: &str) -> Result<Self, Error> {
         Self::with_scheme("Bearer", token)
     }
@@ -66,36 +89,87 @@ impl StaticToken {
         let encoded = zeroize::Zeroizing::new(
             base64::engine::general_purpose::STANDARD.encode(raw.as_bytes()),
         );
-        Self::with_scheme("Basic", &encoded)
+        Ok(Self::from_sensitive(auth_header::header_value(
+            "Basic", &encoded,
+        )?))
     }
 
     /// `Authorization: SCHEME VALUE` for another scheme.
     ///
+    /// A value that already starts with `SCHEME` and whitespace (any case) is not prefixed
+    /// again; surrounding whitespace is removed.
+    ///
     /// # Errors
     ///
-    /// [`Error::InvalidHeaderValue`] when the value has characters a header cannot carry, or
-    /// is empty.
+    /// [`Error::EmptyCredential`] when the value is empty or only whitespace (after the
+    /// scheme), [`Error::InvalidHeaderValue`] when the scheme is not an RFC 9110 token or the
+    /// value has characters a header cannot carry.
     pub fn with_scheme(scheme: &str, value: &str) -> Result<Self, Error> {
-        if value.trim().is_empty() {
+        if !auth_header::is_scheme(scheme) {
             return Err(Error::InvalidHeaderValue);
         }
-        let mut raw =
-            zeroize::Zeroizing::new(String::with_capacity(scheme.len() + value.len() + 1));
-        raw.push_str(scheme);
-        raw.push(' ');
-        raw.push_str(value);
-        Self::from_header_value(HeaderValue::from_str(&raw).map_err(|_| Error::InvalidHeaderValue)?)
+        Ok(Self::from_sensitive(auth_header::normalised(
+            scheme, value,
+        )?))
     }
 
-    /// Exactly this header value. It is marked sensitive.
+    /// This header value, marked sensitive. Surrounding whitespace is removed and the
+    /// whitespace between the scheme and the credentials becomes one space; a value without
+    /// whitespace (a bare key) is kept as it is.
+    ///
+    /// ```
+    /// use client_auth::{Error, StaticToken};
+    /// use http::HeaderValue;
+    ///
+    /// let _ = StaticToken::from_header_value(HeaderValue::from_static("DPoP\tabc"))?; // `DPoP abc`
+    /// assert!(matches!(
+    ///     StaticToken::from_header_value(HeaderValue::from_static("")),
+    ///     Err(Error::EmptyCredential)
+    /// ));
+    /// # Ok::<(), Error>(())
+    /// ```
     ///
     /// # Errors
     ///
-    /// Never today; the `Result` keeps the constructors uniform.
+    /// [`Error::EmptyCredential`] when the value is empty or only whitespace, or is one of the
+    /// schemes `Bearer`, `Basic` or `Token` with nothing after it.
     pub fn from_header_value(value: HeaderValue) -> Result<Self, Error> {
-        Ok(Self {
+        const SCHEMES: [&[u8]; 3] = [b"Bearer", b"Basic", b"Token"];
+        let is_ws = |b: &u8| *b == b' ' || *b == b'\t';
+        let bytes = value.as_bytes();
+        let Some(first) = bytes.iter().position(|b| !is_ws(b)) else {
+            return Err(Error::EmptyCredential);
+        };
+        let last = bytes.iter().rposition(|b| !is_ws(b)).unwrap_or(first);
+        let trimmed = &bytes[first..=last];
+        let Some(gap) = trimmed.iter().position(is_ws) else {
+            if SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(trimmed)) {
+                return Err(Error::EmptyCredential);
+            }
+            return Ok(Self::from_sensitive(if trimmed.len() == bytes.len() {
+                value
+            } else {
+                HeaderValue::from_bytes(trimmed).map_err(|_| Error::InvalidHeaderValue)?
+            }));
+        };
+        let (scheme, rest) = trimmed.split_at(gap);
+        let credentials = &rest[rest.iter().position(|b| !is_ws(b)).unwrap_or(0)..];
+        if trimmed.len() == bytes.len() && rest.len() == credentials.len() + 1 && rest[0] == b' ' {
+            return Ok(Self::from_sensitive(value));
+        }
+        let mut raw = zeroize::Zeroizing::new(Vec::with_capacity(trimmed.len()));
+        raw.extend_from_slice(scheme);
+        raw.push(b' ');
+        raw.extend_from_slice(credentials);
+        Ok(Self::from_sensitive(
+            HeaderValue::from_bytes(&raw).map_err(|_| Error::InvalidHeaderValue)?,
+        ))
+    }
+
+    fn from_sensitive(value: HeaderValue) -> Self {
+        Self {
             credential: Credential::new(value, Generation::new(0)),
-        })
+        }
     }
 }
 
@@ -148,6 +222,10 @@ mod tests {
         ));
         assert!(matches!(
             StaticToken::api_key(""),
+            Err(Error::EmptyCredential)
+        ));
+        assert!(matches!(
+            StaticToken::with_scheme("Bea rer", "abc"),
             Err(Error::InvalidHeaderValue)
         ));
         assert!(matches!(

@@ -5,40 +5,25 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use http::HeaderValue;
-use zeroize::Zeroizing;
 
 use crate::error::Error;
 use crate::secret::CustomerJwt;
 
-/// `token` without a leading `Bearer ` (any case).
+/// `token` without surrounding whitespace and a leading `Bearer` and whitespace (any case).
 pub(super) fn strip_bearer(token: &str) -> &str {
-    match token.get(..7) {
-        Some(prefix) if prefix.eq_ignore_ascii_case("bearer ") => &token[7..],
-        _ => token,
-    }
+    crate::auth_header::strip_scheme(token, "Bearer")
 }
 
-/// The `Authorization` value for a token a callback returned: `Bearer TOKEN`, or the token as
-/// it is when it already starts with `Bearer ` (any case).
+/// The `Authorization` value for a token a callback returned: `Bearer TOKEN`, the scheme not
+/// repeated when the token already starts with `Bearer` and whitespace (any case).
 ///
 /// # Errors
 ///
-/// [`Error::InvalidHeaderValue`] when there is no token after the scheme, or it holds
-/// characters a header cannot carry. The error never contains the token.
+/// [`Error::EmptyCredential`] when there is no token after the scheme,
+/// [`Error::InvalidHeaderValue`] when it holds characters a header cannot carry. The error never
+/// contains the token.
 pub(super) fn authorization_value(token: &str) -> Result<HeaderValue, Error> {
-    let bare = strip_bearer(token);
-    if bare.trim().is_empty() {
-        return Err(Error::InvalidHeaderValue);
-    }
-    if bare.len() == token.len() {
-        let mut raw = Zeroizing::new(String::with_capacity(token.len() + 7));
-        raw.push_str("Bearer ");
-        raw.push_str(token);
-        HeaderValue::from_str(&raw)
-    } else {
-        HeaderValue::from_str(token)
-    }
-    .map_err(|_| Error::InvalidHeaderValue)
+    crate::auth_header::normalised("Bearer", token)
 }
 
 /// The token inside an `Authorization` value, without its `Bearer ` prefix.

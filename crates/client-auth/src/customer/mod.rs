@@ -98,9 +98,10 @@ pub use self::source::{BoxError, CustomerTokenFuture, CustomerTokenSource};
 ///
 /// - `Ok(None)` from the callback → [`Error::NoCredentials`]: the adapter does not send the
 ///   request. A callback error → [`Error::Callback`] (or the [`Error`] it carried).
-/// - The token is sent as `Bearer TOKEN` unless it already starts with `Bearer ` (any case).
-///   Characters a header cannot carry → [`Error::InvalidHeaderValue`]. The header value is
-///   marked sensitive.
+/// - The token is sent as `Bearer TOKEN`; a token that already starts with `Bearer` and
+///   whitespace (any case) does not get the scheme twice. No token after the scheme →
+///   [`Error::EmptyCredential`]; characters a header cannot carry →
+///   [`Error::InvalidHeaderValue`]. The header value is marked sensitive.
 /// - On a 401 (not an `insufficient_scope` challenge) the callback is asked once more; a
 ///   different token is retried once, the same token or none returns the 401 unchanged.
 ///

@@ -175,7 +175,7 @@ impl Answers {
     /// # Errors
     ///
     /// [`Error::NoCredentials`] for `Ok(None)`, the callback's error (see [`callback_error`]),
-    /// or [`Error::InvalidHeaderValue`]. None of them contains the token.
+    /// [`Error::InvalidHeaderValue`] or [`Error::EmptyCredential`]. None contains the token.
     pub(super) async fn fetch(
         self: Arc<Self>,
         future: CustomerTokenFuture,
@@ -249,11 +249,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn keeps_an_existing_bearer_scheme_in_any_case() {
-        for given in ["Bearer abc", "bearer abc"] {
+    async fn does_not_repeat_an_existing_bearer_scheme_in_any_case_or_spacing() {
+        for given in ["Bearer abc", "bearer abc", " BEARER\tabc ", "abc"] {
             let (provider, _) = counting(vec![Some(given.to_owned())]);
             let credential = authorize(&provider).await.unwrap();
-            assert_eq!(credential.header_value(), given);
+            assert_eq!(credential.header_value(), "Bearer abc", "{given:?}");
         }
     }
 
@@ -268,11 +268,16 @@ mod tests {
 
     #[tokio::test]
     async fn invalid_header_characters_are_an_error_not_a_panic() {
-        for bad in ["line\nbreak", "", "Bearer "] {
-            let (provider, _) = counting(vec![Some(bad.to_owned())]);
+        let (provider, _) = counting(vec![Some("line\nbreak".to_owned())]);
+        assert!(matches!(
+            authorize(&provider).await,
+            Err(Error::InvalidHeaderValue)
+        ));
+        for empty in ["", " \t", "Bearer ", "bearer\t"] {
+            let (provider, _) = counting(vec![Some(empty.to_owned())]);
             assert!(
-                matches!(authorize(&provider).await, Err(Error::InvalidHeaderValue)),
-                "{bad:?}"
+                matches!(authorize(&provider).await, Err(Error::EmptyCredential)),
+                "{empty:?}"
             );
         }
     }

@@ -66,7 +66,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, StatusCode, Uri};
 use tokio::sync::watch;
 
@@ -78,6 +78,7 @@ pub use transport::TowerTransport;
 
 pub(crate) use response::GrantKind;
 
+use crate::auth_header;
 use crate::clock::{Clock, SystemClock};
 use crate::error::Error;
 use crate::provider::{
@@ -231,13 +232,10 @@ impl Config {
                 raw.extend(form_urlencoded::byte_serialize(
                     secret.expose_secret().as_bytes(),
                 ));
-                let encoded = zeroize::Zeroizing::new(format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(raw.as_bytes())
-                ));
-                let mut value =
-                    HeaderValue::from_str(&encoded).map_err(|_| Error::InvalidHeaderValue)?;
-                value.set_sensitive(true);
+                let encoded = zeroize::Zeroizing::new(
+                    base64::engine::general_purpose::STANDARD.encode(raw.as_bytes()),
+                );
+                let value = auth_header::header_value("Basic", &encoded)?;
                 builder = builder.header(AUTHORIZATION, value);
             }
             (Some(secret), ClientAuth::SecretPost) => {
@@ -348,9 +346,10 @@ impl OAuthProvider {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidHeaderValue`] for an unusable access token, or a store failure (the
-    /// tokens are still used in memory).
+    /// [`Error::InvalidHeaderValue`] or [`Error::EmptyCredential`] for an unusable access
+    /// token, or a store failure (the tokens are still used in memory).
     pub async fn set_tokens(&self, tokens: Tokens) -> Result<(), Error> {
+        not_blank(tokens.access_token.as_ref())?;
         self.engine.set_tokens(tokens).await
     }
 
@@ -610,7 +609,8 @@ impl OAuthProviderBuilder {
     /// # Errors
     ///
     /// [`Error::Config`] for an unusable URL, a missing client id, a ratio outside `0..=1`, or
-    /// no transport (enable feature `reqwest` or call [`transport`](Self::transport)).
+    /// no transport (enable feature `reqwest` or call [`transport`](Self::transport));
+    /// [`Error::EmptyCredential`] for an access token that is empty or only whitespace.
     pub fn build(self) -> Result<OAuthProvider, Error> {
         let parse_url = |url: &str, what: &'static str| -> Result<Uri, Error> {
             let uri: Uri = url
@@ -632,6 +632,7 @@ impl OAuthProviderBuilder {
         let client_id = self
             .client_id
             .ok_or(Error::Config("a client id is required".into()))?;
+        not_blank(self.access_token.as_ref().map(|(token, _)| token))?;
         let w = &self.windows;
         let ratios = [w.soft_ratio, w.soft_max_ratio, w.hard_ratio, w.jitter];
         if ratios.iter().any(|r| !(0.0..=1.0).contains(r)) {
@@ -677,6 +678,14 @@ impl OAuthProviderBuilder {
         Ok(OAuthProvider {
             engine: Arc::new(engine),
         })
+    }
+}
+
+/// An access token handed in must carry something: `Bearer` and whitespace is no credential.
+fn not_blank(token: Option<&AccessToken>) -> Result<(), Error> {
+    match token {
+        Some(token) if token.expose_secret().trim().is_empty() => Err(Error::EmptyCredential),
+        _ => Ok(()),
     }
 }
 

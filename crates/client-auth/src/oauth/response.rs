@@ -84,7 +84,7 @@ fn parse_success(body: &Bytes) -> Result<TokenResponse, Error> {
         return Err(invalid(InvalidResponse::NotJson));
     };
     let access_token = match map.remove("access_token") {
-        Some(Value::String(s)) if !s.is_empty() => AccessToken::new(s),
+        Some(Value::String(s)) if !s.trim().is_empty() => AccessToken::new(s),
         _ => return Err(invalid(InvalidResponse::MissingAccessToken)),
     };
     match map.get("token_type") {
