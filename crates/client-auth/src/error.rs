@@ -7,12 +7,16 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::redact;
 use crate::session::SessionReason;
 
 /// Everything that can go wrong while getting a credential.
 ///
-/// Errors never contain a token, a secret or the raw body of a token-endpoint answer. They are
-/// `Clone` because one refresh outcome is handed to every caller waiting for it.
+/// Errors never contain a token, a secret or the raw body of a token-endpoint answer: text that
+/// came from the server or from the transport (an `error_description`, a transport error's
+/// message) has the secrets the request carried removed, and URLs in it lose their userinfo and
+/// query values. They are `Clone` because one refresh outcome is handed to every caller waiting
+/// for it.
 ///
 /// Three classes matter to callers:
 /// - [`is_transient`](Self::is_transient): try again later (network, timeout, 5xx, 429); the
@@ -208,26 +212,53 @@ impl OAuthError {
 
 impl OAuthError {
     /// Replaces every occurrence of a known secret (the refresh token sent, the client secret)
-    /// in the server's text: a server may echo what it was sent.
+    /// in the server's text, and redacts the URLs in it: a server may echo what it was sent.
     pub(crate) fn redact(&mut self, secrets: &[&str]) {
         for text in std::iter::once(&mut self.code).chain(self.description.as_mut()) {
-            for secret in secrets.iter().filter(|s| !s.is_empty()) {
-                if text.contains(secret) {
-                    *text = text.replace(secret, "[redacted]");
-                }
-            }
+            redact_string(text, secrets);
         }
     }
 }
 
 impl Error {
-    /// This error with known secrets removed from any server-provided text.
+    /// This error with known secrets removed from any text it carries that did not come from
+    /// this crate: the server's `error` and `error_description`, a transport's or store's
+    /// message, a callback's error. URLs in that text lose their userinfo and query values.
     pub(crate) fn redacted(mut self, secrets: &[&str]) -> Self {
         match &mut self {
             Error::Rejected(e) | Error::SessionEnded(SessionEnd::Server(e)) => e.redact(secrets),
-            _ => {}
+            Error::Transport(e) => e.redact(secrets),
+            Error::Store(e) => redact_cow(&mut e.message, secrets),
+            Error::Config(text) | Error::Signing(text) => redact_cow(text, secrets),
+            Error::Callback(e) => {
+                if let Some(scrubbed) = redact::Scrubbed::of(&**e, secrets) {
+                    *e = Arc::new(scrubbed);
+                }
+            }
+            Error::NoCredentials
+            | Error::NoSession { .. }
+            | Error::SessionEnded(SessionEnd::NoRefreshToken)
+            | Error::Unavailable { .. }
+            | Error::Redirect { .. }
+            | Error::InvalidResponse(_)
+            | Error::InvalidHeaderValue
+            | Error::EmptyCredential
+            | Error::NoRuntime
+            | Error::RefreshAborted => {}
         }
         self
+    }
+}
+
+fn redact_string(text: &mut String, secrets: &[&str]) {
+    if let Cow::Owned(clean) = redact::text(text, secrets) {
+        *text = clean;
+    }
+}
+
+fn redact_cow(text: &mut Cow<'static, str>, secrets: &[&str]) {
+    if let Cow::Owned(clean) = redact::text(text, secrets) {
+        *text = Cow::Owned(clean);
     }
 }
 
@@ -317,6 +348,16 @@ impl TransportError {
     /// What kind of failure this is.
     pub fn kind(&self) -> TransportErrorKind {
         self.kind
+    }
+
+    /// Replaces the source by a redacted copy of its chain when its text holds one of
+    /// `secrets` or a URL with userinfo or a query.
+    fn redact(&mut self, secrets: &[&str]) {
+        if let Some(source) = &self.source
+            && let Some(scrubbed) = redact::Scrubbed::of(&**source, secrets)
+        {
+            self.source = Some(Arc::new(scrubbed));
+        }
     }
 }
 

@@ -58,6 +58,7 @@ mod jwt;
 mod oauth;
 mod origin;
 mod provider;
+mod redact;
 mod secret;
 mod session;
 mod single_flight;

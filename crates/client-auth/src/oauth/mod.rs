@@ -84,6 +84,7 @@ use crate::error::Error;
 use crate::provider::{
     AuthorizationProvider, AuthorizeFuture, Credential, RequestView, UnauthorizedFuture,
 };
+use crate::redact;
 use crate::secret::{AccessToken, ClientSecret, RefreshToken};
 use crate::session::SessionState;
 use crate::store::{MemoryStore, TokenStore};
@@ -196,8 +197,13 @@ pub(crate) struct Config {
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let revocation_url = self.revocation_url.as_ref().map(Uri::to_string);
         f.debug_struct("Config")
-            .field("token_url", &self.token_url)
+            .field("token_url", &redact::Url(&self.token_url.to_string()))
+            .field(
+                "revocation_url",
+                &revocation_url.as_deref().map(redact::Url),
+            )
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
             .field("client_auth", &self.client_auth)
@@ -391,6 +397,7 @@ impl AuthorizationProvider for OAuthProvider {
 pub struct OAuthProviderBuilder {
     token_url: String,
     revocation_url: Option<String>,
+    allow_http: bool,
     grant: GrantKind,
     client_id: Option<String>,
     client_secret: Option<ClientSecret>,
@@ -418,7 +425,12 @@ pub struct OAuthProviderBuilder {
 impl fmt::Debug for OAuthProviderBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OAuthProviderBuilder")
-            .field("token_url", &self.token_url)
+            .field("token_url", &redact::Url(&self.token_url))
+            .field(
+                "revocation_url",
+                &self.revocation_url.as_deref().map(redact::Url),
+            )
+            .field("allow_http", &self.allow_http)
             .field("grant", &self.grant)
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
@@ -432,6 +444,7 @@ impl OAuthProviderBuilder {
         Self {
             token_url,
             revocation_url: None,
+            allow_http: false,
             grant,
             client_id: None,
             client_secret: None,
@@ -524,9 +537,41 @@ impl OAuthProviderBuilder {
         self
     }
 
-    /// The RFC 7009 revocation endpoint used by [`OAuthProvider::logout`].
+    /// The RFC 7009 revocation endpoint used by [`OAuthProvider::logout`]. Like the token URL,
+    /// it must be `https://` unless [`allow_http`](Self::allow_http) is set or its host is a
+    /// loopback address.
     pub fn revocation_url(mut self, url: impl Into<String>) -> Self {
         self.revocation_url = Some(url.into());
+        self
+    }
+
+    /// Allows `http://` token and revocation URLs on any host (default: `false`).
+    ///
+    /// Token requests carry the client secret and the refresh token, so without this opt-in a
+    /// plain-http URL is a configuration error, the same rule adapters apply to origins. Hosts
+    /// that never leave the machine are allowed without it: `localhost` and the loopback
+    /// addresses `127.0.0.0/8` and `::1` (a local token server, a test server).
+    ///
+    /// ```
+    /// use client_auth::{Error, OAuthProvider};
+    ///
+    /// let plain = || {
+    ///     OAuthProvider::client_credentials("http://auth.internal/token").client_id("svc")
+    /// };
+    /// # #[cfg(feature = "reqwest")] {
+    /// assert!(matches!(plain().build(), Err(Error::Config(_))));
+    /// assert!(plain().allow_http(true).build().is_ok());
+    /// // Loopback needs no opt-in.
+    /// assert!(
+    ///     OAuthProvider::client_credentials("http://127.0.0.1:8080/token")
+    ///         .client_id("svc")
+    ///         .build()
+    ///         .is_ok()
+    /// );
+    /// # }
+    /// ```
+    pub fn allow_http(mut self, allow: bool) -> Self {
+        self.allow_http = allow;
         self
     }
 
@@ -608,16 +653,26 @@ impl OAuthProviderBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for an unusable URL, a missing client id, a ratio outside `0..=1`, or
-    /// no transport (enable feature `reqwest` or call [`transport`](Self::transport));
+    /// [`Error::Config`] for an unusable URL, an `http://` URL on a host that is not loopback
+    /// without [`allow_http`](Self::allow_http), a missing client id, a ratio outside `0..=1`,
+    /// or no transport (enable feature `reqwest` or call [`transport`](Self::transport));
     /// [`Error::EmptyCredential`] for an access token that is empty or only whitespace.
     pub fn build(self) -> Result<OAuthProvider, Error> {
+        let allow_http = self.allow_http;
         let parse_url = |url: &str, what: &'static str| -> Result<Uri, Error> {
             let uri: Uri = url
                 .parse()
                 .map_err(|_| Error::Config(format!("the {what} is not a valid URL").into()))?;
-            match (uri.scheme_str(), uri.authority()) {
-                (Some("https" | "http"), Some(_)) => Ok(uri),
+            match (uri.scheme_str(), uri.host()) {
+                (Some("https"), Some(_)) => Ok(uri),
+                (Some("http"), Some(host)) if allow_http || is_loopback(host) => Ok(uri),
+                (Some("http"), Some(_)) => Err(Error::Config(
+                    format!(
+                        "the {what} is plain http, which would send the client secret and \
+                         refresh token in clear text: use https, or call `allow_http(true)`"
+                    )
+                    .into(),
+                )),
                 _ => Err(Error::Config(
                     format!("the {what} must be an absolute http(s) URL").into(),
                 )),
@@ -686,6 +741,25 @@ fn not_blank(token: Option<&AccessToken>) -> Result<(), Error> {
     match token {
         Some(token) if token.expose_secret().trim().is_empty() => Err(Error::EmptyCredential),
         _ => Ok(()),
+    }
+}
+
+/// Whether `host` (as [`Uri::host`] gives it) never leaves the machine: `localhost` or a
+/// loopback address.
+fn is_loopback(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback(),
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Err(_) => {
+            let name = bare.strip_suffix('.').unwrap_or(bare);
+            name.eq_ignore_ascii_case("localhost")
+        }
     }
 }
 
