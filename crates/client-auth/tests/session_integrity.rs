@@ -776,3 +776,27 @@ async fn the_lease_is_renewed_while_the_token_request_runs() {
         "renewed {renewed} times during a 300 ms exchange"
     );
 }
+
+#[tokio::test]
+async fn a_stored_whitespace_only_access_token_is_not_served_and_its_refresh_token_is_used() {
+    let clock = ManualClock::new();
+    let store = Arc::new(MemoryStore::with(
+        NS,
+        StoredTokens {
+            access_token: Some(AccessToken::new("   ")),
+            refresh_token: Some(RefreshToken::new("rt-stored")),
+            expires_at: Some(clock_unix(&clock) + Duration::from_secs(3600)),
+            ..StoredTokens::default()
+        },
+    ));
+    let script = Script::new([ok("at-1", Some("rt-2"), 3600)]);
+    let provider = builder(&script, &clock)
+        .store(Arc::clone(&store) as Arc<dyn TokenStore>, NS)
+        .build()
+        .unwrap();
+    assert_eq!(
+        provider.access_token().await.unwrap().expose_secret(),
+        "at-1"
+    );
+    assert_eq!(script.sent(), ["rt-stored"]);
+}

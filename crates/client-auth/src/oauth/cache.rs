@@ -20,7 +20,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, StatusCode};
 use tracing::Instrument as _;
 
 use super::response::{GrantKind, MAX_LIFETIME, parse_token_response, rotated_refresh_token};
@@ -283,8 +283,8 @@ impl Engine {
         expiry: Option<Expiry>,
         scope: Option<String>,
     ) -> Result<Arc<Cached>, Error> {
-        let raw = zeroize::Zeroizing::new(format!("Bearer {}", token.expose_secret()));
-        let value = HeaderValue::from_str(&raw).map_err(|_| Error::InvalidHeaderValue)?;
+        // Empty or whitespace-only tokens (from a store, too) are refused like any other.
+        let value = crate::auth_header::header_value("Bearer", token.expose_secret())?;
         let generation = Generation::new(self.generation.fetch_add(1, Ordering::Relaxed) + 1);
         let (refresh_at, stale_at) = match expiry {
             None => (None, None),
