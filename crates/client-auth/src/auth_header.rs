@@ -61,27 +61,7 @@ pub(crate) fn normalised(scheme: &str, credentials: &str) -> Result<HeaderValue,
 
 /// Whether `scheme` is an RFC 9110 token (the only thing an auth scheme may be).
 pub(crate) fn is_scheme(scheme: &str) -> bool {
-    !scheme.is_empty()
-        && scheme.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
+    !scheme.is_empty() && scheme.bytes().all(crate::www_authenticate::is_tchar)
 }
 
 #[cfg(test)]

@@ -112,7 +112,8 @@ fn skip(b: &[u8], mut i: usize, pred: impl Fn(u8) -> bool) -> usize {
     i
 }
 
-fn is_tchar(b: u8) -> bool {
+/// An RFC 9110 `tchar`: what tokens (auth schemes, parameter names) are made of.
+pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
