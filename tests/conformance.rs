@@ -1,23 +1,20 @@
-//! The conformance suite shared by both adapters (issue 4 §4, DESIGN §6): every scenario is one
-//! `async fn` taking an [`Adapter`], run twice, as `tower_<scenario>` (the `client-auth-tower`
-//! layer around a hyper-util client, tower-http `FollowRedirect` outside it, as the tower crate
-//! recommends) and as `reqwest_<scenario>` (the `client-auth-reqwest` middleware on a
-//! `reqwest_middleware` client).
+//! The conformance suite shared by both adapters: every scenario is one `async fn` taking an
+//! [`Adapter`], run twice, as `tower_<scenario>` (the `client-auth-tower` layer outside
+//! tower-http's `FollowRedirect` with `RedirectPolicy`, around a hyper-util client: the
+//! placement the tower crate supports) and as `reqwest_<scenario>` (the `client-auth-reqwest`
+//! middleware on a `reqwest_middleware` client).
 //!
 //! Every request goes over real loopback sockets to a [`TestServer`], and the assertions read
 //! the server's counters: how many token requests and refreshes it served, what the protected
 //! API answered, and which `Authorization` each request carried. Token expiry moves with a
 //! [`ManualClock`]; nothing sleeps to wait for expiry (a background refresh's round trip is
-//! waited for by a short, bounded poll).
+//! waited for by a short, bounded poll). Scenarios that need `https://` origins put a TLS
+//! front (`support/tls.rs`, a test CA) before the testkit servers.
 //!
-//! The scenarios expect the same of both adapters, except for redirects, where the clients
-//! differ by design (reqwest follows redirects inside its client, below the middleware;
-//! `FollowRedirect` sends every hop through the tower layer): each difference is asserted
-//! explicitly, with the reason next to it. Same- and cross-origin redirects end the same way
-//! for both; the outcomes differ for a redirect that comes back from another origin
-//! (`a_redirect_back_from_another_origin`) and for a skipped request redirected to its own
-//! origin (`a_skipped_request_redirected_to_the_same_origin`). One scenario is tower only (a
-//! `Buffer`ed inner service): reqwest-middleware has no readiness to hold.
+//! The scenarios expect the same of both adapters, redirects included: the credential goes on
+//! the first hop only, no hop carries it once the chain has left the stamped origin (even back
+//! on it), and a 401 from another origin is returned without a retry. One scenario is tower
+//! only (a `Buffer`ed inner service): reqwest-middleware has no readiness to hold.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -35,7 +32,7 @@ use client_auth::{
 };
 use client_auth_reqwest::AuthorizationMiddleware;
 use client_auth_testkit::{IssuedTokens, ServerConfig, TestServer};
-use client_auth_tower::{AuthorizeLayer, BoxError};
+use client_auth_tower::{AuthorizeLayer, BoxError, RedirectPolicy};
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -48,6 +45,11 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_http::follow_redirect::FollowRedirectLayer;
 
+#[path = "support/tls.rs"]
+mod tls;
+
+use tls::TlsFront;
+
 /// How long any one request may take before the test fails (instead of hanging).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -58,7 +60,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// The adapter a scenario runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Adapter {
-    /// `AuthorizeLayer` around a hyper-util legacy client, with `FollowRedirectLayer` outside.
+    /// `AuthorizeLayer` outside `FollowRedirectLayer` (with `RedirectPolicy`), around a
+    /// hyper-util legacy client.
     Tower,
     /// `AuthorizationMiddleware` in a `reqwest_middleware` client (reqwest follows redirects).
     Reqwest,
@@ -156,6 +159,13 @@ impl TestRequest {
         }
     }
 
+    fn delete(url: impl Into<String>) -> Self {
+        Self {
+            method: Method::DELETE,
+            ..Self::get(url)
+        }
+    }
+
     fn post(url: impl Into<String>, body: &'static str) -> Self {
         Self {
             method: Method::POST,
@@ -237,6 +247,18 @@ fn hyper_client() -> HyperClient<hyper_util::client::legacy::connect::HttpConnec
     HyperClient::builder(TokioExecutor::new()).build_http::<TestBody>()
 }
 
+/// How a client reaches the servers, and which origins get its credentials.
+#[derive(Clone, Copy)]
+enum Net<'a> {
+    /// Plain http; these origins are named.
+    Named {
+        origins: &'a [String],
+        allow_http: bool,
+    },
+    /// http and https (through [`TlsFront`]s, trusting the test CA); `any_https_origin()`.
+    AnyHttps,
+}
+
 impl Client {
     /// Builds `adapter`'s client sending `provider`'s credentials to `origins`.
     fn build<P: AuthorizationProvider>(
@@ -245,42 +267,80 @@ impl Client {
         origins: &[String],
         allow_http: bool,
     ) -> Result<Self, client_auth::Error> {
+        Self::assemble(
+            adapter,
+            provider,
+            Net::Named {
+                origins,
+                allow_http,
+            },
+        )
+    }
+
+    /// Builds `adapter`'s client with `any_https_origin()`, able to reach [`TlsFront`]s.
+    fn any_https<P: AuthorizationProvider>(
+        adapter: Adapter,
+        provider: P,
+    ) -> Result<Self, client_auth::Error> {
+        Self::assemble(adapter, provider, Net::AnyHttps)
+    }
+
+    fn assemble<P: AuthorizationProvider>(
+        adapter: Adapter,
+        provider: P,
+        net: Net<'_>,
+    ) -> Result<Self, client_auth::Error> {
         let snapshots = Arc::new(AtomicUsize::new(0));
         let transport = match adapter {
             Adapter::Tower => {
                 let counter = Arc::clone(&snapshots);
-                let layer = origins
-                    .iter()
-                    .fold(AuthorizeLayer::builder(provider), |b, o| {
-                        b.allow_origin(o.as_str())
-                    })
-                    .allow_http(allow_http)
+                let builder = match net {
+                    Net::Named {
+                        origins,
+                        allow_http,
+                    } => origins
+                        .iter()
+                        .fold(AuthorizeLayer::builder(provider), |b, o| {
+                            b.allow_origin(o.as_str())
+                        })
+                        .allow_http(allow_http),
+                    Net::AnyHttps => AuthorizeLayer::builder(provider).any_https_origin(),
+                };
+                let layer = builder
                     .clone_body_with(move |body: &TestBody| {
                         counter.fetch_add(1, Ordering::SeqCst);
                         body.try_copy()
                     })
                     .build()?;
-                // The recommended order (crate docs, "Redirects"): `FollowRedirect` outside, so
-                // every hop passes through `Authorize` and its origin check.
-                let service = ServiceBuilder::new()
-                    .layer(FollowRedirectLayer::new())
-                    .layer(layer)
-                    .service(hyper_client());
-                Transport::Tower(BoxCloneSyncService::new(service))
+                // The supported order (tower crate docs, "Redirects"): `AuthorizeLayer` outside
+                // `FollowRedirect`, which follows with `RedirectPolicy`.
+                let redirects = FollowRedirectLayer::with_policy(RedirectPolicy::default());
+                let stack = ServiceBuilder::new().layer(layer).layer(redirects);
+                Transport::Tower(match net {
+                    Net::Named { .. } => BoxCloneSyncService::new(stack.service(hyper_client())),
+                    Net::AnyHttps => BoxCloneSyncService::new(stack.service(tls::hyper_client())),
+                })
             }
             Adapter::Reqwest => {
-                let middleware = origins
-                    .iter()
-                    .fold(AuthorizationMiddleware::builder(provider), |b, o| {
-                        b.allow_origin(o.as_str())
-                    })
-                    .allow_http(allow_http)
-                    .build()?;
-                Transport::Reqwest(
-                    ClientBuilder::new(reqwest::Client::new())
-                        .with(middleware)
-                        .build(),
-                )
+                let (builder, client) = match net {
+                    Net::Named {
+                        origins,
+                        allow_http,
+                    } => (
+                        origins
+                            .iter()
+                            .fold(AuthorizationMiddleware::builder(provider), |b, o| {
+                                b.allow_origin(o.as_str())
+                            })
+                            .allow_http(allow_http),
+                        reqwest::Client::new(),
+                    ),
+                    Net::AnyHttps => (
+                        AuthorizationMiddleware::builder(provider).any_https_origin(),
+                        tls::reqwest_client(),
+                    ),
+                };
+                Transport::Reqwest(ClientBuilder::new(client).with(builder.build()?).build())
             }
         };
         Ok(Self {
@@ -1053,8 +1113,8 @@ async fn keeps_the_credential_on_a_same_origin_redirect(adapter: Adapter) {
         .await
         .unwrap();
 
-    // Same outcome, different mechanism: `FollowRedirect` sends the second hop through
-    // `Authorize`, which stamps it afresh; reqwest keeps the header on a same-origin hop.
+    // The first hop is stamped; the redirect follower (reqwest's, or `FollowRedirect` below the
+    // tower layer) copies its headers to a hop on the same origin.
     assert_eq!(response.status, StatusCode::OK);
     let paths = paths(&server);
     assert!(paths[0].starts_with("/redirect?"), "{paths:?}");
@@ -1083,10 +1143,9 @@ async fn never_carries_the_credential_across_origins_nor_retries_the_foreign_401
         .await
         .unwrap();
 
-    // Same outcome, different mechanism: the tower layer sees the hop to `other` and does not
-    // stamp it (origin not named), so its 401 answers a request it did not stamp; reqwest
-    // strips `Authorization` on the cross-origin hop, and the middleware sees a 401 whose
-    // final URL is on another origin and returns it.
+    // The follower drops `Authorization` on the hop to `other`; the adapter sees a 401 whose
+    // final URL (reqwest's `Response::url()`, tower-http's `RequestUri`) is on another origin
+    // than the one it stamped, and returns it.
     assert_eq!(response.status, StatusCode::UNAUTHORIZED);
     assert_eq!(authorizations(&api), [bearer(&grant.access_token)]);
     assert_eq!(authorizations(&other), [None]);
@@ -1099,12 +1158,91 @@ async fn never_carries_the_credential_across_origins_nor_retries_the_foreign_401
 }
 
 both_adapters!(
-    a_redirect_back_from_another_origin:
-    tower_a_redirect_back_from_another_origin_is_stamped_again,
-    reqwest_a_redirect_back_from_another_origin_arrives_without_credential_and_its_401_triggers_a_refresh
+    a_foreign_site_redirecting_to_the_api_gets_no_authorized_request:
+    tower_a_foreign_site_redirecting_to_the_api_gets_no_authorized_request,
+    reqwest_a_foreign_site_redirecting_to_the_api_gets_no_authorized_request
 );
-/// `api` → `other` → `api`: the one place where the adapters' results differ.
-async fn a_redirect_back_from_another_origin(adapter: Adapter) {
+/// A site we do not name answers a `DELETE` with a 307 to the API. Stamping that hop would let
+/// any site make our client send authorized requests of its choosing (request forgery).
+async fn a_foreign_site_redirecting_to_the_api_gets_no_authorized_request(adapter: Adapter) {
+    let api = TestServer::start().await.unwrap();
+    let attacker = TestServer::start().await.unwrap();
+    let clock = ManualClock::new();
+    let (provider, _grant) = logged_in(&api, &clock, HOUR);
+    let client = client_for(adapter, &api, provider);
+
+    let hook = redirect_to(&attacker, &api.url("/api/items/7"));
+    let response = client.send(TestRequest::delete(hook)).await.unwrap();
+
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    let seen = api.seen_requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].method, "DELETE");
+    assert_eq!(seen[0].path_and_query, "/api/items/7");
+    assert_eq!(
+        seen[0].authorization, None,
+        "the API got no authorized DELETE"
+    );
+    assert_eq!(authorizations(&attacker), [None]);
+    assert_eq!(api.stats().token_calls, 0, "and no refresh");
+}
+
+both_adapters!(
+    with_any_https_origin_a_redirect_to_a_third_host_carries_no_credential:
+    tower_with_any_https_origin_a_redirect_to_a_third_host_carries_no_credential,
+    reqwest_with_any_https_origin_a_redirect_to_a_third_host_carries_no_credential
+);
+/// `any_https_origin()` stamps any https request the caller sends, but not a hop the API
+/// redirects to: the API's 302 to its storage host must not hand the storage host our token.
+async fn with_any_https_origin_a_redirect_to_a_third_host_carries_no_credential(adapter: Adapter) {
+    let api = TestServer::start().await.unwrap();
+    let storage = TestServer::start().await.unwrap();
+    let api_tls = TlsFront::start(api.addr()).await;
+    let storage_tls = TlsFront::start(storage.addr()).await;
+    let clock = ManualClock::new();
+    let (provider, grant) = logged_in(&api, &clock, HOUR);
+    let client = Client::any_https(adapter, provider).unwrap();
+
+    // Any https origin is stamped.
+    let direct = api_tls.url("api.example.com", "/api/resource");
+    let response = client.send(TestRequest::get(direct)).await.unwrap();
+    assert_eq!(response.status, StatusCode::OK);
+
+    let export = storage_tls.url("bucket.storage.example", "/api/export.csv");
+    let redirect = api_tls.url("api.example.com", "/redirect");
+    let params = [("to", export.as_str()), ("status", "302")];
+    let url = reqwest::Url::parse_with_params(&redirect, params).unwrap();
+    let response = client.send(TestRequest::get(url)).await.unwrap();
+
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        authorizations(&api),
+        vec![bearer(&grant.access_token); 2],
+        "the direct request and the first hop"
+    );
+    assert_eq!(
+        authorizations(&storage),
+        [None],
+        "the storage host got nothing"
+    );
+    assert_eq!(
+        resource_calls(&storage),
+        counts(&[(401, 1)]),
+        "its 401 is not retried"
+    );
+    assert_eq!(api.stats().token_calls, 0);
+}
+
+both_adapters!(
+    a_redirect_back_from_another_origin_arrives_without_credential_and_is_retried_once:
+    tower_a_redirect_back_from_another_origin_arrives_without_credential_and_is_retried_once,
+    reqwest_a_redirect_back_from_another_origin_arrives_without_credential_and_is_retried_once
+);
+/// `api` -> `other` -> `api`: once the chain has left the stamped origin, no hop carries the
+/// credential, not even the one back.
+async fn a_redirect_back_from_another_origin_arrives_without_credential_and_is_retried_once(
+    adapter: Adapter,
+) {
     let api = TestServer::start().await.unwrap();
     let other = TestServer::start().await.unwrap();
     let clock = ManualClock::new();
@@ -1117,84 +1255,66 @@ async fn a_redirect_back_from_another_origin(adapter: Adapter) {
         .await
         .unwrap();
 
-    // Common to both: the credential never reached the other origin.
-    assert!(
-        authorizations(&other).iter().all(Option::is_none),
-        "{:?}",
-        authorizations(&other)
-    );
-    match adapter {
-        // `FollowRedirect` is outside `Authorize`: every hop is checked against the named
-        // origins, so the hop back to `api` is stamped again and succeeds.
-        Adapter::Tower => {
-            assert_eq!(response.status, StatusCode::OK);
-            assert_eq!(authorizations(&api), vec![bearer(&grant.access_token); 2]);
-            assert_eq!(authorizations(&other), [None]);
-            assert_eq!(api.stats().token_calls, 0);
-        }
-        // reqwest follows redirects inside the client: the middleware stamps the first hop
-        // only (documented), reqwest drops `Authorization` on the hop to `other` and does not
-        // restore it on the hop back, so `api` answers 401 to a request without a credential.
-        // That final response comes from the stamped origin, so the middleware's "401 from
-        // another origin" check does not catch it: the provider is asked, refreshes, and the
-        // whole chain runs once more, again ending in a 401 without a credential.
-        Adapter::Reqwest => {
-            assert_eq!(response.status, StatusCode::UNAUTHORIZED);
-            let seen = authorizations(&api);
-            assert_eq!(seen.len(), 4, "{seen:?}");
-            assert_eq!(seen[0], bearer(&grant.access_token));
-            assert_eq!(seen[1], None, "the hop back arrived without a credential");
-            assert!(seen[2].as_deref().unwrap().starts_with("Bearer "));
-            assert_ne!(seen[2], seen[0], "the retry's refreshed token");
-            assert_eq!(seen[3], None);
-            assert_eq!(authorizations(&other), [None, None]);
-            assert_eq!(
-                api.stats().refresh_grants,
-                1,
-                "a refresh caused by a 401 to a request that carried no credential"
-            );
-        }
-    }
+    // The final 401 comes from the stamped origin, so the adapter takes it for a rejected
+    // credential (it cannot tell that the last hop carried none): the provider refreshes, and
+    // the one retry meets the same chain, whose 401 is returned.
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    let seen = authorizations(&api);
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!(seen[0], bearer(&grant.access_token));
+    assert_eq!(seen[1], None, "the hop back arrived without a credential");
+    assert!(seen[2].as_deref().unwrap().starts_with("Bearer "));
+    assert_ne!(seen[2], seen[0], "the retry's refreshed token");
+    assert_eq!(seen[3], None);
+    assert_eq!(authorizations(&other), [None, None]);
+    assert_eq!(api.stats().refresh_grants, 1);
 }
 
 both_adapters!(
-    a_skipped_request_redirected_to_the_same_origin:
-    tower_a_skipped_request_redirected_to_the_same_origin_is_stamped_on_the_second_hop,
-    reqwest_a_skipped_request_redirected_to_the_same_origin_stays_without_credential
+    honours_skip_and_a_per_request_provider_on_every_hop:
+    tower_honours_skip_and_a_per_request_provider_on_every_hop,
+    reqwest_honours_skip_and_a_per_request_provider_on_every_hop
 );
-/// `AuthorizationControl::Skip` on a request that `api` redirects to itself: the second
-/// documented difference.
-async fn a_skipped_request_redirected_to_the_same_origin(adapter: Adapter) {
-    let api = TestServer::start().await.unwrap();
-    let clock = ManualClock::new();
-    let (provider, grant) = logged_in(&api, &clock, HOUR);
-    let client = client_for(adapter, &api, provider);
-
-    let response = client
-        .send(
-            TestRequest::get(redirect_to(&api, &api.resource_url()))
-                .control(AuthorizationControl::Skip),
-        )
+/// Per-request control holds for the whole chain: a skipped request is stamped on no hop, and
+/// a request for another provider never gets the adapter's own credential.
+async fn honours_skip_and_a_per_request_provider_on_every_hop(adapter: Adapter) {
+    let api = TestServer::start_with(ServerConfig::default().api_key("other-key"))
         .await
         .unwrap();
+    let other = TestServer::start().await.unwrap();
+    let clock = ManualClock::new();
+    let (provider, _grant) = logged_in(&api, &clock, HOUR);
+    let client = client_for(adapter, &api, provider);
+    let same = redirect_to(&api, &api.resource_url());
+    let admin: Arc<dyn AuthorizationProvider> =
+        Arc::new(StaticToken::api_key("other-key").unwrap());
+    let key = Some("Token other-key".to_owned());
 
-    assert_eq!(authorizations(&api)[0], None, "the first hop is skipped");
-    match adapter {
-        // tower-http's `FollowRedirect` does not carry request extensions to later hops (the
-        // tower crate docs say so): the second hop reaches `Authorize` without the `Skip`, to
-        // a named origin, and is stamped with the layer's provider.
-        Adapter::Tower => {
-            assert_eq!(response.status, StatusCode::OK);
-            assert_eq!(authorizations(&api), [None, bearer(&grant.access_token)]);
-        }
-        // reqwest follows the redirect inside the client, below the middleware: the second
-        // hop is a copy of the first, without a credential.
-        Adapter::Reqwest => {
-            assert_eq!(response.status, StatusCode::UNAUTHORIZED);
-            assert_eq!(authorizations(&api), [None, None]);
-        }
-    }
-    assert_eq!(api.stats().token_calls, 0);
+    let skipped = TestRequest::get(&same).control(AuthorizationControl::Skip);
+    let response = client.send(skipped).await.unwrap();
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(authorizations(&api), [None, None], "no hop is stamped");
+
+    let overridden = TestRequest::get(&same).control(AuthorizationControl::Provider(admin.clone()));
+    let response = client.send(overridden).await.unwrap();
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.json()["kind"], "api_key");
+    assert_eq!(
+        authorizations(&api)[2..],
+        [key.clone(), key.clone()],
+        "the per-request provider's credential on both hops"
+    );
+
+    let away = redirect_to(&api, &other.resource_url());
+    let overridden = TestRequest::get(away).control(AuthorizationControl::Provider(admin));
+    client.send(overridden).await.unwrap();
+    assert_eq!(authorizations(&api)[4..], [key]);
+    assert_eq!(authorizations(&other), [None]);
+    assert_eq!(
+        api.stats().token_calls,
+        0,
+        "the adapter's provider was never asked"
+    );
 }
 
 both_adapters!(

@@ -67,9 +67,10 @@
 //! 4. On a 401 to a request it stamped, the provider decides: retry once with a new
 //!    credential (the retry's response is returned, whatever it is), give up (the 401 is
 //!    returned unchanged), or fail (the session ended: the error is returned). No other
-//!    status is retried, 403 included. If the body could not be copied, the 401 is returned
-//!    unchanged and a `tracing` warning says the retry was skipped; the request never fails
-//!    up front because of its body.
+//!    status is retried, 403 included, nor a 401 that a redirect follower below got from
+//!    another origin (see [Redirects](#redirects)). If the body could not be copied, the 401
+//!    is returned unchanged and a `tracing` warning says the retry was skipped; the request
+//!    never fails up front because of its body.
 //! 5. Any other answer to a request it stamped is reported to the provider as accepted
 //!    ([`AuthorizationProvider::on_accepted`], no lock, no allocation): the OAuth provider then
 //!    knows that a later 401 for that token means it was revoked, and refreshes at once.
@@ -115,12 +116,13 @@
 //!
 //! # Redirects
 //!
-//! The credential goes on the first hop only. Once a redirect chain leaves the origin of that
-//! hop, no later hop carries it, even one that comes back; a 401 whose final URI is on another
-//! origin is returned, not retried. This is what the reqwest middleware does (reqwest follows
-//! redirects by itself), and for tower it takes one placement: `AuthorizeLayer` **outside**
-//! tower-http's `FollowRedirect` (listed before it in `ServiceBuilder`), with
-//! [`RedirectPolicy`] as the redirect policy (feature `follow-redirect`):
+//! The layer stamps the first hop only. A later hop keeps a copy of that header while the
+//! chain stays on the first hop's origin; once the chain has left it, no hop carries it, even
+//! one that comes back; a 401 whose final URI is on another origin is returned, not retried.
+//! This is what the reqwest middleware does (reqwest follows redirects by itself), and for tower
+//! it takes one placement: `AuthorizeLayer` **outside** tower-http's `FollowRedirect` (listed
+//! before it in `ServiceBuilder`), with [`RedirectPolicy`] as the redirect policy (feature
+//! `follow-redirect`):
 //!
 //! ```no_run
 //! use bytes::Bytes;

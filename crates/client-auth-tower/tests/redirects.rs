@@ -31,10 +31,13 @@ struct Hit {
     cookie: bool,
 }
 
-/// Hosts answering from a script: `url -> (status, Location)`; anything unscripted is 200.
+/// A scripted answer: the status, and the `Location` of a redirect.
+type Route = (StatusCode, Option<String>);
+
+/// Hosts answering from a script: `url -> route`; anything unscripted is 200.
 #[derive(Clone, Default)]
 struct Internet {
-    routes: Arc<Mutex<HashMap<String, (StatusCode, Option<String>)>>>,
+    routes: Arc<Mutex<HashMap<String, Route>>>,
     hits: Arc<Mutex<Vec<Hit>>>,
 }
 
