@@ -1,17 +1,18 @@
-//! A tower stack in the recommended order: tracing outermost, then tower-http's
-//! `FollowRedirect`, then `AuthorizeLayer`, then the hyper-util client.
+//! A tower stack in the supported order: tracing outermost, then `AuthorizeLayer`, then
+//! tower-http's `FollowRedirect` with `client_auth_tower::RedirectPolicy`, then the hyper-util
+//! client.
 //!
-//! With `FollowRedirect` outside `AuthorizeLayer`, every hop goes through the origin check: a
-//! redirect to another origin is sent without our credential (and `FollowRedirect`'s default
-//! `FilterCredentials` policy removes a credential that was on the previous hop), while a
-//! same-origin hop is stamped again.
+//! `AuthorizeLayer` stamps the request the caller sends (the first hop); `RedirectPolicy` keeps
+//! the credential on same-origin hops and drops it from the first hop that leaves the origin to
+//! the end of the chain. A redirect follower *outside* `AuthorizeLayer` would have every hop
+//! stamped: a foreign site could redirect our client to the API and get an authorized request.
 //!
 //! Run it with `cargo run --example tower_stack`.
 
 use bytes::Bytes;
 use client_auth::StaticToken;
 use client_auth_testkit::{ServerConfig, TestServer};
-use client_auth_tower::{AuthorizeLayer, BoxError};
+use client_auth_tower::{AuthorizeLayer, BoxError, RedirectPolicy};
 use http::Request;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
@@ -30,13 +31,13 @@ async fn main() -> Result<(), BoxError> {
 
     let mut client = ServiceBuilder::new()
         .layer(TraceLayer::new_for_http())
-        .layer(FollowRedirectLayer::new())
         .layer(
             AuthorizeLayer::builder(StaticToken::api_key("stack-key")?)
                 .allow_origin(api.base_url())
                 .allow_http(true)
                 .build()?,
         )
+        .layer(FollowRedirectLayer::with_policy(RedirectPolicy::default()))
         .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
 
     // Same-origin redirect: both hops carry the credential.

@@ -22,7 +22,7 @@ use client_auth::{
 use client_auth_reqwest::AuthorizationMiddleware;
 use client_auth_reqwest::reqwest_middleware;
 use client_auth_testkit::{Fault, ServerConfig, TestServer};
-use client_auth_tower::AuthorizeLayer;
+use client_auth_tower::{AuthorizeLayer, RedirectPolicy};
 use http::{HeaderValue, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
@@ -717,10 +717,10 @@ async fn credentials_go_only_where_they_should() {
             "{adapter:?}: the redirect target got no credential"
         );
     }
-    // tower-http FollowRedirect outside Authorize: each hop is checked afresh.
+    // The supported placement: Authorize outside tower-http's FollowRedirect with
+    // RedirectPolicy (the credential stays on same-origin hops only).
     let follow = AuthClient::tower(
         ServiceBuilder::new()
-            .layer(FollowRedirectLayer::new())
             .layer(
                 AuthorizeLayer::builder(provider.clone())
                     .allow_origin(a.base_url())
@@ -728,6 +728,7 @@ async fn credentials_go_only_where_they_should() {
                     .build()
                     .unwrap(),
             )
+            .layer(FollowRedirectLayer::with_policy(RedirectPolicy::default()))
             .service(http_client()),
     );
     let hop = a.url(&format!("/redirect?to={}&status=307", b.resource_url()));
@@ -735,7 +736,7 @@ async fn credentials_go_only_where_they_should() {
         follow.get(&hop).await.status(),
         Some(StatusCode::UNAUTHORIZED)
     );
-    // A same-origin hop through FollowRedirect is stamped again.
+    // A same-origin hop through FollowRedirect keeps the credential.
     let same = a.url(&format!("/redirect?to={}&status=302", a.resource_url()));
     assert_eq!(follow.get(&same).await.status(), Some(StatusCode::OK));
 

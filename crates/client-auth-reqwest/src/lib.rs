@@ -69,8 +69,8 @@
 //! stamped origin and comes back to it (A → B → A) ends on A without the credential (reqwest
 //! does not restore a stripped header), so a 401 there is taken for a rejected token: one
 //! refresh and one retry follow, and the retry meets the same chain and its 401 is returned.
-//! The conformance suite pins this behaviour; the tower adapter, which sees every hop, stamps
-//! the hop back to A instead.
+//! The conformance suite pins this behaviour, and the tower adapter (outside tower-http's
+//! `FollowRedirect` with its `RedirectPolicy`) behaves the same.
 //!
 //! Extra credential headers (beyond `Authorization`) are not on reqwest's list and would follow
 //! a cross-origin redirect; a provider that adds some should be paired with a client whose
