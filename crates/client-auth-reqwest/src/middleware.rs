@@ -162,7 +162,7 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
                 url.query(),
                 extensions,
             );
-            let caller_set_authorization = req.headers().contains_key(AUTHORIZATION);
+            let caller_set_authorization = req.headers().get(AUTHORIZATION);
             match plan_request(
                 &self.provider,
                 &self.origins,

@@ -116,7 +116,7 @@ where
                 uri.query(),
                 request.extensions(),
             );
-            let caller_set = request.headers().contains_key(AUTHORIZATION);
+            let caller_set = request.headers().get(AUTHORIZATION);
             let layer = &self.layer;
             let provider = match plan_request(&layer.provider, &layer.origins, &view, caller_set) {
                 Plan::PassThrough => {

@@ -3,21 +3,30 @@
 //! ```
 //! use std::sync::Arc;
 //! use client_auth::{plan_request, OriginPolicy, Plan, RequestView, StaticToken};
-//! use http::{Extensions, Method};
+//! use http::{Extensions, HeaderValue, Method};
 //!
 //! let provider = Arc::new(StaticToken::api_key("k")?);
 //! let origins = OriginPolicy::builder().allow_origin("https://api.example.com").build()?;
 //! let ext = Extensions::new();
 //! let to_api = RequestView::new(&Method::GET, "https", "api.example.com", "/", None, &ext);
-//! assert!(matches!(plan_request(&provider, &origins, &to_api, false), Plan::Authorize(_)));
+//! assert!(matches!(plan_request(&provider, &origins, &to_api, None), Plan::Authorize(_)));
 //! let elsewhere = RequestView::new(&Method::GET, "https", "cdn.example.net", "/", None, &ext);
-//! assert!(matches!(plan_request(&provider, &origins, &elsewhere, false), Plan::PassThrough));
+//! assert!(matches!(plan_request(&provider, &origins, &elsewhere, None), Plan::PassThrough));
+//!
+//! // The caller's own `Authorization` is kept, unless it carries no credentials.
+//! let own = HeaderValue::from_static("Bearer callers-token");
+//! assert!(matches!(plan_request(&provider, &origins, &to_api, Some(&own)), Plan::PassThrough));
+//! let empty_key = HeaderValue::from_static("Bearer ");
+//! assert!(matches!(plan_request(&provider, &origins, &to_api, Some(&empty_key)), Plan::Authorize(_)));
 //! # Ok::<(), client_auth::Error>(())
 //! ```
 
 use std::fmt;
 use std::sync::Arc;
 
+use http::HeaderValue;
+
+use crate::auth_header::carries_no_credentials;
 use crate::origin::OriginPolicy;
 use crate::provider::{AuthorizationControl, AuthorizationProvider, AuthorizeFuture, RequestView};
 
@@ -84,21 +93,39 @@ impl<P: AuthorizationProvider> ProviderRef<'_, P> {
 /// Decides what an adapter does with a request: pass it through untouched, or authorize it and
 /// with which provider.
 ///
-/// In order: a per-request [`AuthorizationControl::Skip`] passes through; a request whose
-/// caller already set `Authorization` (`caller_set_authorization`) passes through, and so does
-/// its 401; an origin the policy does not allow passes through; otherwise the per-request
-/// override provider, or the adapter's.
+/// In order:
+/// 1. a per-request [`AuthorizationControl::Skip`] passes through;
+/// 2. a relative URI (no scheme) passes through: it has no origin. The first one a policy sees
+///    is logged at WARN (see [`OriginPolicy::resolve_relative`] for the remedy);
+/// 3. an origin the policy does not allow passes through;
+/// 4. a request whose caller already set `Authorization` (`caller_authorization`) passes
+///    through, and so does its 401, with a DEBUG event saying so. A value that carries no
+///    credentials counts as absent and is replaced: empty, only whitespace, or a scheme alone
+///    (`Bearer`, `Bearer ` — what a client configured with an empty key sends);
+/// 5. otherwise the per-request override provider, or the adapter's.
 pub fn plan_request<'a, P: AuthorizationProvider>(
     provider: &'a Arc<P>,
     origins: &OriginPolicy,
     request: &RequestView<'a>,
-    caller_set_authorization: bool,
+    caller_authorization: Option<&HeaderValue>,
 ) -> Plan<'a, P> {
     let control = request.extensions().get::<AuthorizationControl>();
-    if matches!(control, Some(AuthorizationControl::Skip))
-        || caller_set_authorization
-        || !origins.allows(request.scheme(), request.authority())
-    {
+    if matches!(control, Some(AuthorizationControl::Skip)) {
+        return Plan::PassThrough;
+    }
+    if request.scheme().is_empty() {
+        origins.warn_relative_once();
+        return Plan::PassThrough;
+    }
+    if !origins.allows(request.scheme(), request.authority()) {
+        return Plan::PassThrough;
+    }
+    if caller_authorization.is_some_and(|value| !carries_no_credentials(value)) {
+        tracing::debug!(
+            authority = request.authority(),
+            "the caller set Authorization on a request to an allowed origin: it is sent as is, \
+             and a 401 to it is returned unchanged"
+        );
         return Plan::PassThrough;
     }
     match control {
@@ -125,14 +152,43 @@ mod tests {
         let p = Arc::new(StaticToken::api_key("k").unwrap());
         let mut ext = Extensions::new();
         let view = RequestView::new(&Method::GET, "https", "api.example.com", "/", None, &ext);
+        let callers = HeaderValue::from_static("Bearer caller");
         assert!(matches!(
-            plan_request(&p, &origins(), &view, true),
+            plan_request(&p, &origins(), &view, Some(&callers)),
             Plan::PassThrough
         ));
         ext.insert(AuthorizationControl::Skip);
         let view = RequestView::new(&Method::GET, "https", "api.example.com", "/", None, &ext);
         assert!(matches!(
-            plan_request(&p, &origins(), &view, false),
+            plan_request(&p, &origins(), &view, None),
+            Plan::PassThrough
+        ));
+    }
+
+    #[test]
+    fn an_empty_or_scheme_only_caller_header_counts_as_absent() {
+        let p = Arc::new(StaticToken::api_key("k").unwrap());
+        let ext = Extensions::new();
+        let view = RequestView::new(&Method::GET, "https", "api.example.com", "/", None, &ext);
+        for blank in ["", "Bearer", "Bearer ", " token\t"] {
+            let value = HeaderValue::from_str(blank).unwrap();
+            assert!(
+                matches!(
+                    plan_request(&p, &origins(), &view, Some(&value)),
+                    Plan::Authorize(_)
+                ),
+                "{blank:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_relative_uri_passes_through() {
+        let p = Arc::new(StaticToken::api_key("k").unwrap());
+        let ext = Extensions::new();
+        let view = RequestView::new(&Method::GET, "", "", "/user", None, &ext);
+        assert!(matches!(
+            plan_request(&p, &origins(), &view, None),
             Plan::PassThrough
         ));
     }
@@ -145,7 +201,7 @@ mod tests {
         let mut ext = Extensions::new();
         ext.insert(AuthorizationControl::Provider(other));
         let view = RequestView::new(&Method::GET, "https", "api.example.com", "/", None, &ext);
-        let Plan::Authorize(chosen) = plan_request(&p, &origins(), &view, false) else {
+        let Plan::Authorize(chosen) = plan_request(&p, &origins(), &view, None) else {
             panic!("authorize expected")
         };
         let cred = chosen.authorize(&view).take_ready().unwrap().unwrap();

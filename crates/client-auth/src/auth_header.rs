@@ -64,6 +64,23 @@ pub(crate) fn is_scheme(scheme: &str) -> bool {
     !scheme.is_empty() && scheme.bytes().all(crate::www_authenticate::is_tchar)
 }
 
+/// Schemes that, alone, mean "no credentials" (`Authorization: Bearer`).
+const SCHEMES: [&str; 6] = ["Basic", "Bearer", "Digest", "DPoP", "Negotiate", "Token"];
+
+/// Whether an `Authorization` value carries no credentials: empty, only whitespace, or an auth
+/// scheme alone — a well-known one (`Bearer`), or any token followed by whitespace
+/// (`Bearer `, `Key `) — which is what a client configured with an empty key sends. A single
+/// word that is not a known scheme (`abc123`) may be a key sent without a scheme: it counts.
+pub(crate) fn carries_no_credentials(value: &HeaderValue) -> bool {
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    let word = text.trim_matches(is_ws);
+    word.is_empty()
+        || (is_scheme(word)
+            && (text.ends_with(is_ws) || SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(word))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +120,22 @@ mod tests {
             header_value("Bearer", "a\nb"),
             Err(Error::InvalidHeaderValue)
         ));
+    }
+
+    #[test]
+    fn empty_and_scheme_only_values_carry_no_credentials() {
+        for blank in [
+            "", " ", "\t", "Bearer", "Bearer ", "bearer\t", " BASIC", "Token", "Key ",
+        ] {
+            let value = HeaderValue::from_str(blank).unwrap();
+            assert!(carries_no_credentials(&value), "{blank:?}");
+        }
+        for set in ["Bearer abc", "abc123", " abc123", "Token k", "Bearer  x "] {
+            let value = HeaderValue::from_str(set).unwrap();
+            assert!(!carries_no_credentials(&value), "{set:?}");
+        }
+        let opaque = HeaderValue::from_bytes(b"Bearer \xff").unwrap();
+        assert!(!carries_no_credentials(&opaque));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,31 @@ use crate::session::SessionReason;
 /// - [`is_session_ended`](Self::is_session_ended): the grant is dead; the user must sign in
 ///   again (set new tokens).
 /// - anything else: a configuration or protocol problem; the message says what to fix.
+///
+/// The error it stems from, when there is one, is its [`source`](std::error::Error::source):
+/// the transport's error ([`TransportError`], then reqwest's or your service's), a store's
+/// (an I/O error of the file store), a credential callback's own error type. Walk the chain
+/// to reach it; [`auth_error`] walks it the other way, from an adapter's error to this one.
+/// `Display` already includes the cause's text, so one line says everything. A cause whose
+/// text held a secret is replaced by a redacted copy of its chain (text only), which no longer
+/// downcasts to the original type.
+///
+/// ```
+/// use client_auth::{Error, SharedError};
+///
+/// #[derive(Debug)]
+/// struct IdentityDown;
+/// impl std::fmt::Display for IdentityDown {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         f.write_str("the identity service is down")
+///     }
+/// }
+/// impl std::error::Error for IdentityDown {}
+///
+/// let error = Error::Callback(SharedError::new(IdentityDown));
+/// let source = std::error::Error::source(&error).expect("the callback's error");
+/// assert!(source.downcast_ref::<IdentityDown>().is_some());
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -55,7 +81,7 @@ pub enum Error {
     },
     /// The token endpoint could not be reached, or did not answer in time.
     #[error("could not reach the token endpoint: {0}")]
-    Transport(TransportError),
+    Transport(#[source] TransportError),
     /// The token endpoint answered with a redirect. Redirects are never followed, so the
     /// refresh token and client secret are never re-sent elsewhere.
     #[error(
@@ -82,10 +108,10 @@ pub enum Error {
     NoRuntime,
     /// The token store failed.
     #[error("token store error: {0}")]
-    Store(StoreError),
-    /// A credential callback failed.
+    Store(#[source] StoreError),
+    /// A credential callback failed; its own error is the [`source`](std::error::Error::source).
     #[error("the credential callback failed: {0}")]
-    Callback(Arc<dyn std::error::Error + Send + Sync>),
+    Callback(#[source] SharedError),
     /// Signing a customer token failed.
     #[error("could not sign the customer token: {0}")]
     Signing(Cow<'static, str>),
@@ -128,6 +154,76 @@ impl Error {
             Error::Unavailable { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+}
+
+/// The [`Error`] in `error`'s chain: `error` itself or one of its
+/// [`source`](std::error::Error::source)s.
+///
+/// The adapters re-export it for their own error types (`client_auth_tower::auth_error` over
+/// the service's `BoxError`; `client_auth_reqwest::auth_error` also looks inside
+/// reqwest-middleware's and reqwest-retry's wrappers).
+///
+/// ```
+/// use client_auth::{Error, auth_error};
+///
+/// let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(Error::NoCredentials);
+/// assert!(matches!(auth_error(&*boxed), Some(Error::NoCredentials)));
+/// let other = std::io::Error::other("not ours");
+/// assert!(auth_error(&other).is_none());
+/// ```
+pub fn auth_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> {
+    std::iter::successors(Some(error), |e| e.source()).find_map(|e| e.downcast_ref::<Error>())
+}
+
+/// An error from outside this crate (a callback's, a store's I/O error), shared by every
+/// caller that gets the same outcome ([`Error`] is `Clone`).
+///
+/// It dereferences to the error itself. It is deliberately not an `Error` of its own: the
+/// [`Error`] holding it returns the inner error from `source()`, so that
+/// `source().downcast_ref::<YourError>()` works (an `Arc<dyn Error>` there would hide the
+/// inner error's type).
+#[derive(Clone)]
+pub struct SharedError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl SharedError {
+    /// Wraps `error`.
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(Arc::from(error.into()))
+    }
+
+    /// Replaces the error by a redacted copy of its chain when its text holds one of
+    /// `secrets` or a URL with userinfo or a query.
+    fn redact(&mut self, secrets: &[&str]) {
+        if let Some(scrubbed) = redact::Scrubbed::of(&*self.0, secrets) {
+            self.0 = Arc::new(scrubbed);
+        }
+    }
+}
+
+impl From<Arc<dyn std::error::Error + Send + Sync>> for SharedError {
+    fn from(error: Arc<dyn std::error::Error + Send + Sync>) -> Self {
+        Self(error)
+    }
+}
+
+impl Deref for SharedError {
+    type Target = dyn std::error::Error + Send + Sync;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -228,13 +324,14 @@ impl Error {
         match &mut self {
             Error::Rejected(e) | Error::SessionEnded(SessionEnd::Server(e)) => e.redact(secrets),
             Error::Transport(e) => e.redact(secrets),
-            Error::Store(e) => redact_cow(&mut e.message, secrets),
-            Error::Config(text) | Error::Signing(text) => redact_cow(text, secrets),
-            Error::Callback(e) => {
-                if let Some(scrubbed) = redact::Scrubbed::of(&**e, secrets) {
-                    *e = Arc::new(scrubbed);
+            Error::Store(e) => {
+                redact_cow(&mut e.message, secrets);
+                if let Some(source) = &mut e.source {
+                    source.redact(secrets);
                 }
             }
+            Error::Config(text) | Error::Signing(text) => redact_cow(text, secrets),
+            Error::Callback(e) => e.redact(secrets),
             Error::NoCredentials
             | Error::NoSession { .. }
             | Error::SessionEnded(SessionEnd::NoRefreshToken)
@@ -383,12 +480,14 @@ impl std::error::Error for TransportError {
     }
 }
 
-/// A [`TokenStore`](crate::TokenStore) failure.
+/// A [`TokenStore`](crate::TokenStore) failure, with the error it stems from, if any, as its
+/// [`source`](std::error::Error::source).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct StoreError {
     message: Cow<'static, str>,
     transient: bool,
+    source: Option<SharedError>,
 }
 
 impl StoreError {
@@ -397,6 +496,7 @@ impl StoreError {
         Self {
             message: message.into(),
             transient: true,
+            source: None,
         }
     }
 
@@ -405,7 +505,19 @@ impl StoreError {
         Self {
             message: message.into(),
             transient: false,
+            source: None,
         }
+    }
+
+    /// The same failure, caused by `source` (an I/O error, the store client's error): callers
+    /// reach it through [`source`](std::error::Error::source).
+    #[must_use]
+    pub fn with_source(
+        mut self,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        self.source = Some(SharedError::new(source));
+        self
     }
 
     /// Whether trying again later may succeed.
@@ -443,6 +555,90 @@ mod tests {
             client.oauth_error().map(OAuthError::code),
             Some("invalid_client")
         );
+    }
+
+    #[derive(Debug)]
+    struct Mine;
+
+    impl fmt::Display for Mine {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("mine")
+        }
+    }
+
+    impl std::error::Error for Mine {}
+
+    fn chain<'a>(
+        error: &'a (dyn std::error::Error + 'static),
+    ) -> Vec<&'a (dyn std::error::Error + 'static)> {
+        std::iter::successors(Some(error), |e| e.source()).collect()
+    }
+
+    #[test]
+    fn the_source_chain_reaches_the_callback_transport_and_store_errors() {
+        let callback = Error::Callback(SharedError::new(Mine));
+        let sources = chain(&callback);
+        assert_eq!(
+            sources.len(),
+            2,
+            "the callback's error is the source itself"
+        );
+        assert!(sources[1].downcast_ref::<Mine>().is_some());
+
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let transport = Error::Transport(TransportError::new(TransportErrorKind::Other, io));
+        let found = chain(&transport)
+            .into_iter()
+            .find_map(|e| e.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            found.map(std::io::Error::kind),
+            Some(std::io::ErrorKind::ConnectionReset)
+        );
+
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let store = Error::Store(StoreError::permanent("could not read").with_source(denied));
+        let found = chain(&store)
+            .into_iter()
+            .find_map(|e| e.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            found.map(std::io::Error::kind),
+            Some(std::io::ErrorKind::PermissionDenied)
+        );
+        assert!(std::error::Error::source(&Error::NoCredentials).is_none());
+    }
+
+    #[test]
+    fn auth_error_finds_the_error_anywhere_in_a_chain() {
+        #[derive(Debug)]
+        struct Wrapper(Error);
+        impl fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("wrapper")
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let boxed: Box<dyn std::error::Error + Send + Sync> =
+            Box::new(Wrapper(Error::EmptyCredential));
+        assert!(matches!(auth_error(&*boxed), Some(Error::EmptyCredential)));
+        assert!(auth_error(&Mine).is_none());
+    }
+
+    #[test]
+    fn a_callback_error_holding_a_secret_is_replaced_by_a_redacted_chain() {
+        let leaky = Error::Callback(SharedError::new(std::io::Error::other("token s3cret")));
+        let redacted = leaky.redacted(&["s3cret"]);
+        assert_eq!(
+            redacted.to_string(),
+            "the credential callback failed: token [redacted]"
+        );
+        let source = std::error::Error::source(&redacted).unwrap();
+        assert!(source.downcast_ref::<std::io::Error>().is_none());
+        let clean = Error::Callback(SharedError::new(Mine)).redacted(&["s3cret"]);
+        assert!(std::error::Error::source(&clean).unwrap().is::<Mine>());
     }
 
     #[test]

@@ -186,14 +186,16 @@ fn file_name(namespace: &str) -> String {
     name
 }
 
-fn io_error(what: &str, path: &Path, e: &io::Error) -> StoreError {
+/// A store error for `e`, which stays reachable as its `source()`.
+fn io_error(what: &str, path: &Path, e: io::Error) -> StoreError {
     let message = format!("{what} {}: {e}", path.display());
-    match e.kind() {
+    let error = match e.kind() {
         io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
             StoreError::transient(message)
         }
         _ => StoreError::permanent(message),
-    }
+    };
+    error.with_source(e)
 }
 
 /// Runs blocking file I/O off the async workers.
@@ -212,7 +214,7 @@ fn read(path: &Path) -> Result<Option<StoredTokens>, StoreError> {
     let mut file = match open_private(path, OpenOptions::new().read(true)) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error("could not read the token file", path, &e)),
+        Err(e) => return Err(io_error("could not read the token file", path, e)),
     };
     // Sized up front: a growing buffer would leave copies of the tokens in freed memory.
     let len = file
@@ -221,7 +223,7 @@ fn read(path: &Path) -> Result<Option<StoredTokens>, StoreError> {
         .unwrap_or(0);
     let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(len.saturating_add(1)));
     io::Read::read_to_end(&mut file, &mut bytes)
-        .map_err(|e| io_error("could not read the token file", path, &e))?;
+        .map_err(|e| io_error("could not read the token file", path, e))?;
     StoredTokens::from_json(&bytes).map(Some).map_err(|e| {
         StoreError::permanent(format!(
             "the token file {} is corrupt and was left in place: {e}",
@@ -237,7 +239,7 @@ fn create_dir(dir: &Path) -> Result<(), StoreError> {
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder
         .create(dir)
-        .map_err(|e| io_error("could not create the token directory", dir, &e))
+        .map_err(|e| io_error("could not create the token directory", dir, e))
 }
 
 /// Checks that `dir` is private to this process's user (see "Permissions" on [`FileStore`]):
@@ -250,7 +252,7 @@ fn private_dir(dir: &Path, create: bool) -> Result<bool, StoreError> {
     let meta = match fs::metadata(dir) {
         Ok(meta) => meta,
         Err(e) if !create && e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(io_error("could not inspect the token directory", dir, &e)),
+        Err(e) => return Err(io_error("could not inspect the token directory", dir, e)),
     };
     if !meta.is_dir() {
         return Err(StoreError::permanent(format!(
@@ -327,7 +329,7 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     #[cfg(unix)]
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| io_error("could not flush the token directory", dir, &e))?;
+        .map_err(|e| io_error("could not flush the token directory", dir, e))?;
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
@@ -344,7 +346,7 @@ struct WriteLock {
 /// a stuck holder, which must not hang this thread for ever.
 fn write_lock(path: &Path) -> Result<WriteLock, StoreError> {
     let file = open_private(path, OpenOptions::new().read(true).write(true).create(true))
-        .map_err(|e| io_error("could not open the write lock file", path, &e))?;
+        .map_err(|e| io_error("could not open the write lock file", path, e))?;
     let started = Instant::now();
     let mut delay = Duration::from_millis(1);
     loop {
@@ -352,7 +354,7 @@ fn write_lock(path: &Path) -> Result<WriteLock, StoreError> {
         match fs4::FileExt::try_lock(&file) {
             Ok(()) => return Ok(WriteLock { _file: file }),
             Err(fs4::TryLockError::WouldBlock) => {}
-            Err(fs4::TryLockError::Error(e)) => return Err(io_error("could not lock", path, &e)),
+            Err(fs4::TryLockError::Error(e)) => return Err(io_error("could not lock", path, e)),
         }
         let waited = started.elapsed();
         if waited >= WRITE_LOCK_WAIT {
@@ -390,11 +392,11 @@ fn write_atomic(
     })();
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
-        return Err(io_error("could not write the token file", path, &e));
+        return Err(io_error("could not write the token file", path, e));
     }
     // Only the rename is serialised with compare-and-delete: it is what replaces the tokens.
     let renamed = write_lock(write_lock_path).and_then(|_lock| {
-        fs::rename(&tmp, path).map_err(|e| io_error("could not write the token file", path, &e))
+        fs::rename(&tmp, path).map_err(|e| io_error("could not write the token file", path, e))
     });
     if let Err(e) = renamed {
         let _ = fs::remove_file(&tmp);
@@ -428,7 +430,7 @@ fn clear_if_refresh_token(
                     Ok(()) => true,
                     // A `clear` (which takes no lock) removed it first.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-                    Err(e) => return Err(io_error("could not remove the token file", path, &e)),
+                    Err(e) => return Err(io_error("could not remove the token file", path, e)),
                 }
             }
             _ => false,
@@ -485,7 +487,7 @@ impl TokenStore for FileStore {
             match fs::remove_file(&path) {
                 Ok(()) => sync_dir(&dir),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(io_error("could not remove the token file", &path, &e)),
+                Err(e) => Err(io_error("could not remove the token file", &path, e)),
             }
         }))
     }
@@ -523,7 +525,7 @@ impl TokenStore for FileStore {
                         &path,
                         OpenOptions::new().read(true).write(true).create(true),
                     )
-                    .map_err(|e| io_error("could not open the lock file", &path, &e))
+                    .map_err(|e| io_error("could not open the lock file", &path, e))
                 })
                 .await?
             };
@@ -541,7 +543,7 @@ impl TokenStore for FileStore {
                         Ok(()) => Ok((f, true)),
                         Err(fs4::TryLockError::WouldBlock) => Ok((f, false)),
                         Err(fs4::TryLockError::Error(e)) => {
-                            Err(io_error("could not lock", &lock_path, &e))
+                            Err(io_error("could not lock", &lock_path, e))
                         }
                     }
                 })
@@ -657,6 +659,19 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_io_failure_is_the_store_errors_source() {
+        let dir = temp_dir("io-source");
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("a-file");
+        fs::write(&file, b"not a directory").unwrap();
+        let store = FileStore::new(file.join("tokens"));
+        let error = store.save("a", &tokens("A")).await.unwrap_err();
+        let source = std::error::Error::source(&error).expect("the I/O error");
+        assert!(source.downcast_ref::<io::Error>().is_some(), "{source:?}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

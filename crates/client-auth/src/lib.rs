@@ -78,7 +78,8 @@ pub use clock::ManualClock;
 pub use clock::{Clock, SystemClock};
 pub use customer::*;
 pub use error::{
-    Error, InvalidResponse, OAuthError, SessionEnd, StoreError, TransportError, TransportErrorKind,
+    Error, InvalidResponse, OAuthError, SessionEnd, SharedError, StoreError, TransportError,
+    TransportErrorKind, auth_error,
 };
 #[cfg(feature = "file-store")]
 pub use file_store::FileStore;

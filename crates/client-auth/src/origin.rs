@@ -21,8 +21,33 @@
 //! assert!(OriginPolicy::builder().allow_origin("http://localhost:8080").build().is_err());
 //! # Ok::<(), client_auth::Error>(())
 //! ```
+//!
+//! # Relative URIs
+//!
+//! A request whose URI is relative (`/v1/items`, no scheme and host) has no origin, so it never
+//! gets a credential; the first one each policy sees is logged at WARN. Such requests reach a
+//! tower layer placed outside (before) a layer that sets the base URI, as SDKs built on tower
+//! do. Place the authorization layer inside it, where URIs are absolute, or name the origin
+//! they are meant for:
+//!
+//! ```
+//! use client_auth::OriginPolicy;
+//!
+//! let policy = OriginPolicy::builder()
+//!     .allow_origin("https://api.example.com")
+//!     .resolve_relative_to("https://api.example.com")
+//!     .build()?;
+//! let mut uri: http::Uri = "/v1/items?page=2".parse().unwrap();
+//! assert!(policy.resolve_relative(&mut uri));
+//! assert_eq!(uri, "https://api.example.com/v1/items?page=2");
+//! # Ok::<(), client_auth::Error>(())
+//! ```
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::Uri;
+use http::uri::{Authority, PathAndQuery, Scheme};
 
 use crate::error::Error;
 
@@ -49,11 +74,14 @@ impl Origin {
     }
 }
 
-/// The origins that receive credentials. Cheap to clone.
+/// The origins that receive credentials. Cheap to clone; clones share the once-only warning
+/// about relative URIs.
 #[derive(Debug, Clone)]
 pub struct OriginPolicy {
     origins: Arc<[Origin]>,
     any_https: bool,
+    relative_base: Option<(Scheme, Authority)>,
+    warned_relative: Arc<AtomicBool>,
 }
 
 /// Builds an [`OriginPolicy`].
@@ -63,6 +91,7 @@ pub struct OriginPolicyBuilder {
     origins: Vec<String>,
     any_https: bool,
     allow_http: bool,
+    relative_base: Option<String>,
 }
 
 impl OriginPolicy {
@@ -96,6 +125,44 @@ impl OriginPolicy {
         self.origins
             .iter()
             .any(|o| o.https == https && o.port == port && o.host.eq_ignore_ascii_case(host))
+    }
+
+    /// Makes a relative `uri` (no scheme, no authority: `/v1/items?page=2`) absolute on the
+    /// origin named with [`OriginPolicyBuilder::resolve_relative_to`], keeping its path and
+    /// query. Returns whether it did: not without that origin, nor for a URI that has a scheme
+    /// or an authority.
+    pub fn resolve_relative(&self, uri: &mut Uri) -> bool {
+        let Some((scheme, authority)) = &self.relative_base else {
+            return false;
+        };
+        if uri.scheme().is_some() || uri.authority().is_some() {
+            return false;
+        }
+        let path = uri.path_and_query().cloned();
+        let resolved = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query(path.unwrap_or_else(|| PathAndQuery::from_static("/")))
+            .build();
+        match resolved {
+            Ok(resolved) => {
+                *uri = resolved;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Logs, once per policy (and its clones), that a request with a relative URI was seen.
+    pub(crate) fn warn_relative_once(&self) {
+        if !self.warned_relative.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "a request with a relative URI (no scheme and host) reached the authorization \
+                 adapter and is sent without a credential; place the adapter where URIs are \
+                 absolute (inside the layer that sets the base URI) or name their origin with \
+                 resolve_relative_to (logged once)"
+            );
+        }
     }
 
     /// Whether `a` and `b` (scheme, authority) are the same origin.
@@ -163,12 +230,22 @@ impl OriginPolicyBuilder {
         self
     }
 
+    /// Resolves relative request URIs (`/v1/items`, no scheme and host) against `origin`
+    /// (`https://host[:port]`, one of the allowed origins), so that they get a credential: see
+    /// [`OriginPolicy::resolve_relative`]. For an adapter placed before a layer that sets the
+    /// base URI; placing it after that layer needs no resolution.
+    pub fn resolve_relative_to(mut self, origin: impl Into<String>) -> Self {
+        self.relative_base = Some(origin.into());
+        self
+    }
+
     /// Builds the policy.
     ///
     /// # Errors
     ///
     /// [`Error::Config`] when no origin is named (and `any_https_origin` was not called), when an
-    /// origin does not parse, has a path, or is `http://` without [`allow_http`](Self::allow_http).
+    /// origin does not parse, has a path, or is `http://` without [`allow_http`](Self::allow_http),
+    /// and when the origin relative URIs resolve against is not an allowed one.
     pub fn build(self) -> Result<OriginPolicy, Error> {
         if self.origins.is_empty() && !self.any_https {
             return Err(Error::Config(
@@ -220,10 +297,32 @@ impl OriginPolicyBuilder {
                 port,
             });
         }
-        Ok(OriginPolicy {
+        let mut policy = OriginPolicy {
             origins: origins.into(),
             any_https: self.any_https,
-        })
+            relative_base: None,
+            warned_relative: Arc::new(AtomicBool::new(false)),
+        };
+        if let Some(raw) = &self.relative_base {
+            let uri = raw.parse::<Uri>().ok();
+            let base = uri.and_then(|uri| {
+                let is_origin = uri.path_and_query().is_none_or(|p| p.as_str() == "/");
+                let authority = uri.authority().filter(|_| is_origin)?.clone();
+                Some((uri.scheme()?.clone(), authority))
+            });
+            match base {
+                Some((scheme, authority)) if policy.allows(scheme.as_str(), authority.as_str()) => {
+                    policy.relative_base = Some((scheme, authority));
+                }
+                _ => {
+                    return Err(Error::Config(
+                        format!("`{raw}` (resolve_relative_to) is not one of the allowed origins")
+                            .into(),
+                    ));
+                }
+            }
+        }
+        Ok(policy)
     }
 }
 
@@ -267,6 +366,42 @@ mod tests {
         ] {
             let r = OriginPolicy::builder().allow_origin(bad).build();
             assert!(matches!(r, Err(Error::Config(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn relative_uris_resolve_against_the_named_origin_only() {
+        let p = OriginPolicy::builder()
+            .allow_origin("https://api.example.com:8443")
+            .resolve_relative_to("https://api.example.com:8443")
+            .build()
+            .unwrap();
+        let mut uri = Uri::from_static("/v1/items?page=2");
+        assert!(p.resolve_relative(&mut uri));
+        assert_eq!(uri, "https://api.example.com:8443/v1/items?page=2");
+        let mut absolute = Uri::from_static("https://other.example/x");
+        assert!(!p.resolve_relative(&mut absolute));
+        assert_eq!(absolute, "https://other.example/x");
+
+        let mut uri = Uri::from_static("/v1");
+        let without = OriginPolicy::builder().any_https_origin().build().unwrap();
+        assert!(!without.resolve_relative(&mut uri));
+        assert_eq!(uri, "/v1");
+    }
+
+    #[test]
+    fn resolving_against_an_origin_that_is_not_allowed_is_a_configuration_error() {
+        for base in [
+            "https://other.example.com",
+            "https://api.example.com/v1",
+            "/v1",
+            "not a uri",
+        ] {
+            let r = OriginPolicy::builder()
+                .allow_origin("https://api.example.com")
+                .resolve_relative_to(base)
+                .build();
+            assert!(matches!(r, Err(Error::Config(_))), "{base}");
         }
     }
 

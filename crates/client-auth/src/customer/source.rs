@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use super::claims::{authorization_value, strip_bearer};
 use crate::BoxFuture;
-use crate::error::Error;
+use crate::error::{Error, SharedError};
 use crate::provider::{Credential, Generation, RequestView};
 use crate::secret::CustomerJwt;
 
@@ -225,7 +225,7 @@ impl Answers {
 fn callback_error(error: BoxError) -> Error {
     match error.downcast::<Error>() {
         Ok(error) => *error,
-        Err(other) => Error::Callback(Arc::from(other)),
+        Err(other) => Error::Callback(SharedError::new(other)),
     }
 }
 
