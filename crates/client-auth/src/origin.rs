@@ -43,6 +43,7 @@
 //! # Ok::<(), client_auth::Error>(())
 //! ```
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -50,6 +51,7 @@ use http::Uri;
 use http::uri::{Authority, PathAndQuery, Scheme};
 
 use crate::error::Error;
+use crate::redact::Url;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Origin {
@@ -85,13 +87,26 @@ pub struct OriginPolicy {
 }
 
 /// Builds an [`OriginPolicy`].
-#[derive(Debug, Default)]
+#[derive(Default)]
 #[must_use]
 pub struct OriginPolicyBuilder {
     origins: Vec<String>,
     any_https: bool,
     allow_http: bool,
     relative_base: Option<String>,
+}
+
+impl fmt::Debug for OriginPolicyBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Origins are printed without userinfo or query values, as every URL is.
+        let origins: Vec<Url<'_>> = self.origins.iter().map(|o| Url(o)).collect();
+        f.debug_struct("OriginPolicyBuilder")
+            .field("origins", &origins)
+            .field("any_https", &self.any_https)
+            .field("allow_http", &self.allow_http)
+            .field("relative_base", &self.relative_base.as_deref().map(Url))
+            .finish()
+    }
 }
 
 impl OriginPolicy {
@@ -254,22 +269,22 @@ impl OriginPolicyBuilder {
         }
         let mut origins = Vec::with_capacity(self.origins.len());
         for raw in &self.origins {
-            let uri: http::Uri = raw
-                .parse()
-                .map_err(|_| Error::Config(format!("`{raw}` is not a valid origin").into()))?;
+            let uri: http::Uri = raw.parse().map_err(|_| {
+                Error::Config(format!("`{}` is not a valid origin", Url(raw)).into())
+            })?;
             let https = match uri.scheme_str() {
                 Some(s) if s.eq_ignore_ascii_case("https") => true,
                 Some(s) if s.eq_ignore_ascii_case("http") => {
                     if !self.allow_http {
                         return Err(Error::Config(
-                            format!("`{raw}` is plain http: credentials would travel in clear text; call allow_http(true) to allow it").into(),
+                            format!("`{}` is plain http: credentials would travel in clear text; call allow_http(true) to allow it", Url(raw)).into(),
                         ));
                     }
                     false
                 }
                 _ => {
                     return Err(Error::Config(
-                        format!("`{raw}` must start with https://").into(),
+                        format!("`{}` must start with https://", Url(raw)).into(),
                     ));
                 }
             };
@@ -282,7 +297,8 @@ impl OriginPolicyBuilder {
                 _ => {
                     return Err(Error::Config(
                         format!(
-                            "`{raw}` is not an origin (scheme://host[:port], no user, no path)"
+                            "`{}` is not an origin (scheme://host[:port], no user, no path)",
+                            Url(raw)
                         )
                         .into(),
                     ));
@@ -316,8 +332,11 @@ impl OriginPolicyBuilder {
                 }
                 _ => {
                     return Err(Error::Config(
-                        format!("`{raw}` (resolve_relative_to) is not one of the allowed origins")
-                            .into(),
+                        format!(
+                            "`{}` (resolve_relative_to) is not one of the allowed origins",
+                            Url(raw)
+                        )
+                        .into(),
                     ));
                 }
             }

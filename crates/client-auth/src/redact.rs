@@ -80,15 +80,20 @@ fn ends_url(c: char) -> bool {
     c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '`' | '<' | '>')
 }
 
-/// `text` with every non-empty secret (as sent, and form-urlencoded) replaced and every URL in
-/// it redacted as [`Url`] does. Borrowed when nothing had to change.
+/// `text` with every non-empty secret replaced, in any of the forms a server may echo it (as
+/// sent, form-urlencoded, percent-encoded with `%20` or `+` for spaces and `/` encoded or not,
+/// in any case of the hex digits), a secret cut off at the end of the text (a server's text is
+/// capped) removed too, and every URL in it redacted as [`Url`] does. Borrowed when nothing had
+/// to change.
 pub(crate) fn text<'a>(text: &'a str, secrets: &[&str]) -> Cow<'a, str> {
     let mut out = Cow::Borrowed(text);
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-        for form in [*secret, encoded.as_str()] {
-            if out.contains(form) {
-                out = Cow::Owned(out.replace(form, REDACTED));
+        for form in forms(secret) {
+            if let Some(replaced) = replace_ignoring_ascii_case(&out, &form) {
+                out = Cow::Owned(replaced);
+            }
+            if let Some(cut) = cut_tail(&out, &form) {
+                out = Cow::Owned(cut);
             }
         }
     }
@@ -96,6 +101,72 @@ pub(crate) fn text<'a>(text: &'a str, secrets: &[&str]) -> Cow<'a, str> {
         Some(scrubbed) => Cow::Owned(scrubbed),
         None => out,
     }
+}
+
+/// The spellings of `secret` a server may echo.
+fn forms(secret: &str) -> Vec<String> {
+    let encode = |space: &str, keep_slash: bool| {
+        let mut out = String::with_capacity(secret.len() * 3);
+        for b in secret.bytes() {
+            match b {
+                b' ' => out.push_str(space),
+                b'/' if keep_slash => out.push('/'),
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    out.push(char::from(b));
+                }
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out
+    };
+    let mut forms = vec![
+        secret.to_owned(),
+        form_urlencoded::byte_serialize(secret.as_bytes()).collect(),
+        encode("%20", false),
+        encode("%20", true),
+        encode("+", false),
+        encode("+", true),
+    ];
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
+/// `text` with every occurrence of `needle` (ASCII case ignored) replaced, or `None`.
+fn replace_ignoring_ascii_case(text: &str, needle: &str) -> Option<String> {
+    let hay = text.to_ascii_lowercase();
+    let needle_lower = needle.to_ascii_lowercase();
+    if !hay.contains(&needle_lower) {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    // ASCII lowercasing keeps every byte offset, so offsets in `hay` are offsets in `text`.
+    for (at, _) in hay.match_indices(&needle_lower) {
+        if at < copied {
+            continue;
+        }
+        out.push_str(&text[copied..at]);
+        out.push_str(REDACTED);
+        copied = at + needle_lower.len();
+    }
+    out.push_str(&text[copied..]);
+    Some(out)
+}
+
+/// The shortest start of a secret worth removing when a text ends with it.
+const MIN_TAIL: usize = 4;
+
+/// `text` without a trailing start of `secret` (what is left when a capped text cut the secret
+/// off), or `None`.
+fn cut_tail(text: &str, secret: &str) -> Option<String> {
+    let lower = text.to_ascii_lowercase();
+    let secret = secret.to_ascii_lowercase();
+    (MIN_TAIL..secret.len())
+        .rev()
+        .filter(|&k| secret.is_char_boundary(k))
+        .find(|&k| lower.ends_with(&secret[..k]))
+        .map(|k| format!("{}{REDACTED}", &text[..text.len() - k]))
 }
 
 /// `text` with its URLs redacted, or `None` when that changes nothing. A URL starts at its

@@ -85,7 +85,6 @@ async fn echoed(answer: serde_json::Value) -> (String, String) {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "current_thread")]
-#[ignore = "reproduces: the 512-char cap cuts an echoed refresh token before redaction, so all but its last character is kept and logged"]
 async fn an_echo_cut_by_the_length_cap_leaves_no_part_of_the_refresh_token() {
     // `OAuthError::new` keeps the first 512 characters, and only then are known secrets
     // replaced: a secret that straddles the cut is no longer "a known secret value".
@@ -107,7 +106,6 @@ async fn an_echo_cut_by_the_length_cap_leaves_no_part_of_the_refresh_token() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-#[ignore = "reproduces: an echo of the Basic client-authentication header (base64 of id:secret, the default client auth) is kept verbatim in the error and the WARN log"]
 async fn an_echo_of_the_basic_header_the_request_carried_is_removed() {
     // client_secret_basic (the default): the request carried `Basic base64(id:secret)`. A
     // server that echoes the header it rejected hands the secret out, one base64 decode away.
@@ -132,7 +130,6 @@ async fn an_echo_of_the_basic_header_the_request_carried_is_removed() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-#[ignore = "reproduces: a secret echoed with RFC 3986 percent-encoding (%20, or '/' left as is) is not recognised and is kept"]
 async fn a_percent_encoded_echo_of_the_client_secret_is_removed() {
     // Only the raw value and its form-urlencoding (`+` for space, `%2F` for `/`) are
     // recognised. A server that re-encodes what it received (Python's `quote`, Go's
@@ -323,7 +320,6 @@ fn the_loopback_exemption_agrees_with_the_url_the_transport_connects_to() {
 }
 
 #[test]
-#[ignore = "reproduces: an origin given with userinfo or a query is printed verbatim by the origin builder's Debug and by the Config error"]
 fn origins_are_printed_without_userinfo_or_query_values() {
     // Issue 11 item 6: "redact userinfo and query values everywhere a URL is printed or
     // logged". An origin pasted with its credentials (`https://user:PASSWORD@…`, `?key=…`) is

@@ -877,9 +877,12 @@ impl Engine {
     /// `error` without the secrets this provider sends, should the server have echoed them.
     fn redacted(&self, error: Error, refresh_token: Option<&RefreshToken>) -> Error {
         let secret = self.config.client_secret.as_ref();
+        // The Basic credential the request carried, should the server echo the header.
+        let basic = secret.map(|s| self.config.basic_credential(s));
         error.redacted(&[
             refresh_token.map_or("", RefreshToken::expose_secret),
             secret.map_or("", |s| s.expose_secret()),
+            basic.as_deref().map_or("", String::as_str),
         ])
     }
 

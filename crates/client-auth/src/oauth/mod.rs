@@ -232,15 +232,7 @@ impl Config {
             .header(ACCEPT, "application/json");
         match (&self.client_secret, self.client_auth) {
             (Some(secret), ClientAuth::SecretBasic) => {
-                let mut raw = zeroize::Zeroizing::new(String::new());
-                raw.extend(form_urlencoded::byte_serialize(self.client_id.as_bytes()));
-                raw.push(':');
-                raw.extend(form_urlencoded::byte_serialize(
-                    secret.expose_secret().as_bytes(),
-                ));
-                let encoded = zeroize::Zeroizing::new(
-                    base64::engine::general_purpose::STANDARD.encode(raw.as_bytes()),
-                );
+                let encoded = self.basic_credential(secret);
                 let value = auth_header::header_value("Basic", &encoded)?;
                 builder = builder.header(AUTHORIZATION, value);
             }
@@ -256,6 +248,17 @@ impl Config {
         builder
             .body(Bytes::copy_from_slice(body.as_bytes()))
             .map_err(|_| Error::Config("could not build the token request".into()))
+    }
+
+    /// The `client_secret_basic` credential: base64 of the form-urlencoded `id:secret`.
+    pub(crate) fn basic_credential(&self, secret: &ClientSecret) -> zeroize::Zeroizing<String> {
+        let mut raw = zeroize::Zeroizing::new(String::new());
+        raw.extend(form_urlencoded::byte_serialize(self.client_id.as_bytes()));
+        raw.push(':');
+        raw.extend(form_urlencoded::byte_serialize(
+            secret.expose_secret().as_bytes(),
+        ));
+        zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(raw.as_bytes()))
     }
 
     /// The token request for this provider's grant.
