@@ -190,7 +190,6 @@ async fn echoes_in_every_recognised_form_and_place_are_removed() {
 const PROXY_CHILD: &str = "CLIENT_AUTH_ATTACK_PROXY_CHILD";
 
 #[test]
-#[ignore = "reproduces: with HTTP_PROXY set, the default transport sends the loopback token request (client secret, refresh token) in clear text to the proxy"]
 fn a_loopback_token_url_without_allow_http_never_leaves_the_machine_through_a_proxy() {
     // The "proxy": stands for a corporate or cluster egress proxy on another machine.
     let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

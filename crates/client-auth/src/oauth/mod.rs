@@ -553,7 +553,9 @@ impl OAuthProviderBuilder {
     /// Token requests carry the client secret and the refresh token, so without this opt-in a
     /// plain-http URL is a configuration error, the same rule adapters apply to origins. Hosts
     /// that never leave the machine are allowed without it: `localhost` and the loopback
-    /// addresses `127.0.0.0/8` and `::1` (a local token server, a test server).
+    /// addresses `127.0.0.0/8` and `::1` (a local token server, a test server). The default
+    /// transport then uses no proxy (a system `HTTP_PROXY` would carry the request off the
+    /// machine in clear text); a transport you supply must not either.
     ///
     /// ```
     /// use client_auth::{Error, OAuthProvider};
@@ -698,9 +700,16 @@ impl OAuthProviderBuilder {
                 "window ratios must be between 0 and 1".into(),
             ));
         }
+        // A plain-http URL is accepted without `allow_http` only because a loopback request
+        // never leaves the machine; a system proxy (`HTTP_PROXY`) would carry it off in clear
+        // text, so the default transport then uses no proxy.
+        let plain_loopback = !allow_http
+            && std::iter::once(&token_url)
+                .chain(revocation_url.as_ref())
+                .any(|u| u.scheme_str() == Some("http"));
         let transport = match self.transport {
             Some(t) => t,
-            None => default_transport()?,
+            None => default_transport(plain_loopback)?,
         };
         let config = Config {
             token_url,
@@ -778,12 +787,19 @@ fn capped(d: Duration) -> Duration {
 }
 
 #[cfg(feature = "reqwest")]
-fn default_transport() -> Result<Arc<dyn TokenTransport>, Error> {
+fn default_transport(plain_loopback: bool) -> Result<Arc<dyn TokenTransport>, Error> {
+    if plain_loopback {
+        return Ok(Arc::new(ReqwestTransport::from_client_builder(
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .no_proxy(),
+        )?));
+    }
     Ok(Arc::new(ReqwestTransport::new()?))
 }
 
 #[cfg(not(feature = "reqwest"))]
-fn default_transport() -> Result<Arc<dyn TokenTransport>, Error> {
+fn default_transport(_plain_loopback: bool) -> Result<Arc<dyn TokenTransport>, Error> {
     Err(Error::Config(
         "no token transport: enable the `reqwest` feature or call `transport(...)`".into(),
     ))
