@@ -36,9 +36,12 @@
 //!    (`https://user@host/`) never matches an origin.
 //! 2. **Authorize.** The provider hands over a credential (without waiting while a valid token
 //!    is cached). If it fails, the request is **not sent**, and the error comes back as
-//!    [`reqwest_middleware::Error::Middleware`] wrapping a [`client_auth::Error`].
+//!    [`reqwest_middleware::Error::Middleware`] wrapping a [`client_auth::Error`] (see
+//!    [Errors](#errors)).
 //! 3. **Stamp.** `Authorization` (marked sensitive) and any extra headers of the credential are
-//!    set on the request.
+//!    set on the request. A caller-set `Authorization` that carries no credentials (empty, or a
+//!    scheme alone such as `Bearer `, what an SDK configured with an empty key sends) counts as
+//!    absent and is replaced; a real one is kept, with a `DEBUG` event.
 //! 4. **Send**, having first taken a snapshot of the request when the provider can recover from
 //!    a 401 (a static key cannot, so it costs nothing more than setting a header).
 //! 5. **401.** When the answer is a 401 from the origin that was stamped, the provider is asked
@@ -117,13 +120,70 @@
 //!
 //! [`AuthorizationControl::ForceRefresh`] asks the provider to refresh before this request.
 //!
+//! # Errors
+//!
+//! A provider's [`client_auth::Error`] reaches the caller inside
+//! [`reqwest_middleware::Error::Middleware`], and stays reachable however many layers an SDK
+//! or reqwest-retry adds: [`auth_error`] finds it, and so does plain `source()` walking (an
+//! error reporter). Its own `source()` goes on to the cause: the token endpoint's transport
+//! error, a store's I/O error, your credential callback's own error type.
+//!
+//! ```
+//! use client_auth_reqwest::client_auth::{CustomerToken, Error};
+//! use client_auth_reqwest::reqwest_middleware::{ClientBuilder, reqwest};
+//! use client_auth_reqwest::{AuthorizationMiddleware, auth_error};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Error> {
+//! // No customer token for this request: it is not sent.
+//! let provider = CustomerToken::from_fn(|| async { Ok::<_, Error>(None) });
+//! let client = ClientBuilder::new(reqwest::Client::new())
+//!     .with(
+//!         AuthorizationMiddleware::builder(provider)
+//!             .allow_origin("https://api.example.com")
+//!             .build()?,
+//!     )
+//!     .build();
+//! let Err(error) = client.get("https://api.example.com/v1").send().await else {
+//!     panic!("the request was sent without a credential");
+//! };
+//! assert!(matches!(auth_error(&error), Some(Error::NoCredentials)));
+//! # Ok(()) }
+//! ```
+//!
+//! With the `retry` feature, [`AuthRetryableStrategy`] lets reqwest-retry retry a transient
+//! failure to get a credential (never a session that ended).
+//!
+//! # Recipes
+//!
+//! The workspace README shows this middleware with reqwest-retry and reqwest-tracing (both
+//! orders work: inside the retry, the middleware runs again for every attempt and serves the
+//! cached token, with no extra token request), and with SDKs whose constructors take a
+//! `ClientWithMiddleware`.
+//!
 //! # A tokio runtime is required
 //!
 //! Refreshes run on a task spawned on the current tokio runtime (see [`client_auth`]).
+//!
+//! # Feature flags
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `retry` | [`AuthRetryableStrategy`], a reqwest-retry 0.9 `RetryableStrategy` |
+//!
+//! None is on by default.
 
+mod error;
 mod middleware;
+#[cfg(feature = "retry")]
+mod retry;
 
 pub use client_auth;
 pub use client_auth::{AuthorizationControl, OriginPolicy};
+pub use error::auth_error;
 pub use middleware::{AuthorizationMiddleware, AuthorizationMiddlewareBuilder};
 pub use reqwest_middleware;
+#[cfg(feature = "retry")]
+pub use reqwest_retry;
+#[cfg(feature = "retry")]
+pub use retry::AuthRetryableStrategy;

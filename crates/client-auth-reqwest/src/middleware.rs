@@ -12,6 +12,8 @@ use http::{Extensions, StatusCode};
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
+use crate::error::middleware_error;
+
 /// A [`reqwest_middleware::Middleware`] that stamps `Authorization` on requests to the origins
 /// you allowed, with a credential from an [`AuthorizationProvider`], and retries once after a
 /// 401 when the provider can recover.
@@ -188,9 +190,7 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
         };
 
         // No credential: the request is not sent.
-        let credential = authorize
-            .await
-            .map_err(reqwest_middleware::Error::middleware)?;
+        let credential = authorize.await.map_err(middleware_error)?;
 
         // Only a provider that may answer `Retry` needs the snapshot, taken before the first
         // send, without the credential. A streaming body cannot be cloned: the request is sent
@@ -251,7 +251,7 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
                 Ok(response)
             }
             Ok(_) => Ok(response),
-            Err(error) => Err(reqwest_middleware::Error::middleware(error)),
+            Err(error) => Err(middleware_error(error)),
         }
     }
 }

@@ -296,6 +296,32 @@ async fn a_caller_set_authorization_is_kept_and_its_401_returned_unchanged() {
 }
 
 #[tokio::test]
+async fn an_empty_or_scheme_only_caller_authorization_is_replaced_by_the_credential() {
+    let server = TestServer::start().await.unwrap();
+    let clock = ManualClock::new();
+    let (provider, grant) = oauth(&server, &clock);
+    let client = client(middleware_for(&server, provider));
+
+    // What an SDK configured with an empty key sends.
+    for blank in ["Bearer ", "Bearer", ""] {
+        let response = client
+            .get(server.resource_url())
+            .header(AUTHORIZATION, blank)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{blank:?}");
+    }
+
+    let ours = Some(format!("Bearer {}", grant.access_token));
+    assert_eq!(
+        seen_authorizations(&server),
+        [ours.clone(), ours.clone(), ours]
+    );
+    assert_eq!(server.stats().token_calls, 0);
+}
+
+#[tokio::test]
 async fn an_origin_not_named_gets_no_authorization() {
     let api = TestServer::start_with(ServerConfig::default().api_key(KEY))
         .await

@@ -100,3 +100,50 @@ async fn a_skipped_retry_is_logged_and_no_secret_is_ever_logged_at_trace() {
         assert!(!text.contains(s.as_str()), "a secret was logged:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn a_caller_set_authorization_to_an_allowed_origin_is_kept_with_a_debug_event() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = TestServer::start().await.unwrap();
+    let provider = client_auth::StaticToken::api_key("our-key").unwrap();
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(
+            AuthorizationMiddleware::builder(provider)
+                .allow_origin(server.base_url())
+                .allow_http(true)
+                .build()
+                .unwrap(),
+        )
+        .build();
+
+    let response = client
+        .get(server.resource_url())
+        .header(http::header::AUTHORIZATION, "Bearer the-callers-own")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let seen: Vec<_> = server
+        .seen_requests()
+        .into_iter()
+        .map(|s| s.authorization)
+        .collect();
+    assert_eq!(seen, [Some("Bearer the-callers-own".to_owned())]);
+    let text = captured.text();
+    assert!(
+        text.contains("DEBUG") && text.contains("the caller set Authorization"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("the-callers-own"),
+        "the value is not logged: {text}"
+    );
+}
