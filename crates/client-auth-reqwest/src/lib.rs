@@ -175,6 +175,7 @@
 
 mod error;
 mod middleware;
+pub mod redirect;
 #[cfg(feature = "retry")]
 mod retry;
 
@@ -182,6 +183,7 @@ pub use client_auth;
 pub use client_auth::{AuthorizationControl, OriginPolicy};
 pub use error::auth_error;
 pub use middleware::{AuthorizationMiddleware, AuthorizationMiddlewareBuilder};
+pub use redirect::{redirect_policy, same_origin_redirect_policy};
 pub use reqwest_middleware;
 #[cfg(feature = "retry")]
 pub use reqwest_retry;
