@@ -1,4 +1,4 @@
-//! What the token endpoint sees, and what callers wait, under load (issue 6, items 4, 5, 6).
+//! What the token endpoint sees, and what callers wait, under load.
 //!
 //! Every scenario runs the OAuth provider against the testkit's token endpoint over real
 //! loopback sockets, answering after 20 ms (`ServerConfig::token_delay`), with requests going

@@ -1,4 +1,4 @@
-//! A model-based test of `OAuthProvider` (DESIGN.md §3–§5, STYLE.md rule 14): random
+//! A model-based test of `OAuthProvider` (the session, cache and 401 contract): random
 //! interleavings of requests, token-endpoint answers, 401s, session operations, store faults,
 //! clock moves and runtime shutdowns, checked after every step against a reference model of the
 //! contract — not against what today's code happens to do. Public API only.
@@ -889,7 +889,7 @@ enum Inv {
     NoPanicNoHang,
     /// 6. After a runtime that held a refresh is dropped, the provider still works.
     RuntimeDrop,
-    /// 401 handling (§4): generation check, refresh of an accepted token once per generation.
+    /// 401 handling: generation check, refresh of an accepted token once per generation.
     Unauthorized,
 }
 
@@ -1540,7 +1540,7 @@ impl Harness {
         let generation = failed.generation().get();
         let current = self.valid_access();
         let retry_current = current.clone().filter(|c| *c != failed_token);
-        // §4: a token the server accepted and now rejects is refreshed, once per generation.
+        // a token the server accepted and now rejects is refreshed, once per generation.
         // One never accepted is refreshed unless a cooldown runs: it starts after a 401-forced
         // refresh, is at most 30 s, and resets when a token is accepted.
         let cooling = self.m.forced_streak > 0
