@@ -20,12 +20,15 @@
 //! for a few file operations only, never across a token request, and is separate from the
 //! lease, so a process holding the lease can call it.
 //!
-//! Every operation first checks the directory (owned by the effective uid, no group or other
-//! write bit, on unix) and opens every file without following a symbolic link (`O_NOFOLLOW`
-//! on unix): see "Permissions" on [`FileStore`].
+//! Every operation opens the directory once, checks the opened directory (owned by the
+//! effective uid, no group or other write bit, on unix) and works relative to that handle
+//! only; it opens every file without following a symbolic link (`O_NOFOLLOW` on unix) and
+//! refuses a file that others could write: see "Permissions" on [`FileStore`].
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+#[cfg(not(unix))]
+use std::fs::OpenOptions;
+use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -79,28 +82,43 @@ const WRITE_LOCK_WAIT: Duration = Duration::from_secs(5);
 ///
 /// # Permissions
 ///
-/// Whoever can change the directory can read the session (and replace it with their own), so
-/// the store insists on a private one. On unix, before every operation:
+/// Whoever can change the directory or a file in it can read the session (and replace it with
+/// their own), so the store insists on private ones. On unix, in every operation:
 ///
 /// - **The directory must be owned by the process's effective user and have no group or other
 ///   write bit** (`0700` or `0755` pass; `0770`, `0777` and the sticky `1777` of `/tmp` do
 ///   not). Otherwise the operation fails with a permanent [`StoreError`] that names the
 ///   directory, its mode or owner, and what to change. The store creates a missing directory
 ///   (and missing parents) with mode `0700`. The path may reach the directory through a
-///   symbolic link; the checks apply to the directory it resolves to. Its ancestors, and
-///   access granted by ACLs, are not checked: keep them writable by trusted users only.
+///   symbolic link. Each operation opens the directory once (following such a link), checks
+///   the directory it opened, and then makes every file operation relative to that handle
+///   (`openat`, `renameat`, `unlinkat`, `fstatat`): the directory that passed the checks is
+///   the one read and written, even if the path is switched to another directory meanwhile.
+///   Its ancestors, and access granted by ACLs, are not checked: keep them writable by
+///   trusted users only.
 /// - **Files are never followed through a symbolic link.** The token file, the lease lock
 ///   (`<namespace>.lock`), the write lock (`<namespace>.write.lock`) and the temporary files
 ///   are opened with `O_NOFOLLOW`, so a symbolic link planted at one of those names is refused
 ///   (a permanent error naming the file) and its target is neither read nor created. Anything
 ///   but a regular file there is refused too. A save replaces a symbolic link at the token
 ///   file's name by renaming over it, without writing through it.
-/// - **Files are created with mode `0600`.** A token file that already exists keeps its mode.
+/// - **An opened file must be owned by the process's effective user and have no group or
+///   other write bit**, like the directory: a token file or lock file that others may write
+///   (say `0666`) or that another user owns is refused with a permanent [`StoreError`] that
+///   names the file (never its content) and is left in place. Replace it with a save, or
+///   remove it or fix its mode and owner by hand.
+/// - **A save leaves a private token file.** It writes a new file, created with mode `0600`
+///   and owned by the process's user, and renames it over the old one, so whatever the mode
+///   or owner of the file it replaces (a `0644` copy put there by hand, say), the token file
+///   is `0600` afterwards; a hard link to the old file keeps the old content. Lock files are
+///   created with mode `0600` and kept.
 ///
-/// On Windows the directory's ACL is not checked (keep it under the user's profile, which is
-/// private by default), and a symbolic link is refused by a check just before the file is
-/// opened: a link created between that check and the open would be followed (creating one
-/// needs the symbolic-link privilege or developer mode).
+/// On Windows none of the directory's and files' ACLs and owners are checked (keep the
+/// directory under the user's profile, which is private by default), and there is no
+/// directory handle: files are opened, renamed and removed by path, after the directory check,
+/// so a path switched to another directory in between is followed. A symbolic link is refused
+/// by a check just before the file is opened: a link created between that check and the open
+/// would be followed (creating one needs the symbolic-link privilege or developer mode).
 #[derive(Clone)]
 pub struct FileStore {
     dir: PathBuf,
@@ -143,19 +161,24 @@ impl FileStore {
     /// every other byte becomes `%XX`; a long name is cut and suffixed with a hash, so two
     /// namespaces never share a file.
     pub fn path_for(&self, namespace: &str) -> PathBuf {
-        self.dir.join(format!("{}.json", file_name(namespace)))
+        self.dir.join(token_file_name(namespace))
     }
+}
 
-    fn lock_path(&self, namespace: &str) -> PathBuf {
-        self.dir.join(format!("{}.lock", file_name(namespace)))
-    }
+/// The token file's name for `namespace`.
+fn token_file_name(namespace: &str) -> String {
+    format!("{}.json", file_name(namespace))
+}
 
-    /// The lock serialising the renames and removals of compare-and-delete with saves. File
-    /// names of namespaces hold no `.`, so no namespace's files collide with it.
-    fn write_lock_path(&self, namespace: &str) -> PathBuf {
-        self.dir
-            .join(format!("{}.write.lock", file_name(namespace)))
-    }
+/// The lease lock's file name for `namespace`.
+fn lock_file_name(namespace: &str) -> String {
+    format!("{}.lock", file_name(namespace))
+}
+
+/// The lock serialising the renames and removals of compare-and-delete with saves. File names
+/// of namespaces hold no `.`, so no namespace's files collide with it.
+fn write_lock_file_name(namespace: &str) -> String {
+    format!("{}.write.lock", file_name(namespace))
 }
 
 /// `namespace` as a file name (without extension).
@@ -210,11 +233,250 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-fn read(path: &Path) -> Result<Option<StoredTokens>, StoreError> {
-    let mut file = match open_private(path, OpenOptions::new().read(true)) {
+/// The store's directory, opened once per operation and checked through that handle (see
+/// "Permissions" on [`FileStore`]).
+///
+/// On unix every file operation of the store operation is made relative to the handle
+/// (`openat`, `renameat`, `unlinkat`, `fstatat`), so the directory that passed the checks is
+/// the one used, even if its path is switched to another directory meanwhile (a symbolic link
+/// flipped). On Windows it holds the path only, and files are opened by path.
+struct Dir {
+    path: PathBuf,
+    #[cfg(unix)]
+    fd: rustix::fd::OwnedFd,
+}
+
+/// What makes a directory or file that others could change unusable (unix).
+#[cfg(unix)]
+enum Foreign {
+    /// A group or other write bit, with the permission bits in octal.
+    Writable(String),
+    /// Owned by `owner`, not by the effective uid `euid`.
+    Owner { owner: u32, euid: u32 },
+}
+
+/// Whether the opened directory or file described by `stat` is writable by its group or by
+/// others, or not owned by the effective uid.
+#[cfg(unix)]
+fn foreign(stat: &rustix::fs::Stat) -> Option<Foreign> {
+    use rustix::fs::Mode;
+    let mode = Mode::from_raw_mode(stat.st_mode);
+    if mode.intersects(Mode::WGRP | Mode::WOTH) {
+        return Some(Foreign::Writable(format!("{:04o}", mode.bits())));
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    let owner = stat.st_uid;
+    (owner != euid).then_some(Foreign::Owner { owner, euid })
+}
+
+impl Dir {
+    /// Opens the directory at `path` and checks the opened directory: on unix, owned by the
+    /// effective uid, without group or other write permission. `None` when it does not exist.
+    fn open(path: &Path) -> Result<Option<Self>, StoreError> {
+        Self::open_checked(path, false)
+    }
+
+    /// [`open`](Self::open), making a missing directory (and missing parents, mode `0700`)
+    /// first.
+    fn create(path: &Path) -> Result<Self, StoreError> {
+        create_dir(path)?;
+        Self::open_checked(path, true)?.ok_or_else(|| {
+            StoreError::permanent(format!(
+                "the token directory {} disappeared after it was created",
+                path.display()
+            ))
+        })
+    }
+
+    fn open_checked(path: &Path, created: bool) -> Result<Option<Self>, StoreError> {
+        #[cfg(unix)]
+        {
+            use rustix::fs::{Mode, OFlags};
+            // Follows a symbolic link to the directory itself, by design: what the path
+            // resolves to now is what the checks below see and every later step uses.
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            let fd = match rustix::fs::open(path, flags, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(e) if !created && e == rustix::io::Errno::NOENT => return Ok(None),
+                Err(e) => {
+                    return Err(io_error(
+                        "could not open the token directory",
+                        path,
+                        e.into(),
+                    ));
+                }
+            };
+            let stat = rustix::fs::fstat(&fd)
+                .map_err(|e| io_error("could not inspect the token directory", path, e.into()))?;
+            match foreign(&stat) {
+                Some(Foreign::Writable(mode)) => Err(StoreError::permanent(format!(
+                    "refused the token directory {}: it is writable by its group or by others \
+                     (mode {mode}), so they could read or replace the tokens; make it private \
+                     (chmod go-w, or 0700) or use another directory",
+                    path.display()
+                ))),
+                Some(Foreign::Owner { owner, euid }) => Err(StoreError::permanent(format!(
+                    "refused the token directory {}: it is owned by uid {owner}, not by this \
+                     process's user (uid {euid}), who could read or replace the tokens; chown \
+                     it or use another directory",
+                    path.display()
+                ))),
+                None => Ok(Some(Self {
+                    path: path.to_owned(),
+                    fd,
+                })),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let meta = match fs::metadata(path) {
+                Ok(meta) => meta,
+                Err(e) if !created && e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_error("could not inspect the token directory", path, e)),
+            };
+            if !meta.is_dir() {
+                return Err(StoreError::permanent(format!(
+                    "the token directory {} is not a directory",
+                    path.display()
+                )));
+            }
+            Ok(Some(Self {
+                path: path.to_owned(),
+            }))
+        }
+    }
+
+    /// The path of the file `name` in this directory, for messages (and for the file
+    /// operations on Windows).
+    fn path_of(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Opens the file `name` in this directory without following a symbolic link, creating it
+    /// with mode `0600` (unix) when `access` creates; refuses anything but a regular file and,
+    /// on unix, a file writable by its group or by others or owned by another user.
+    fn open_file(&self, name: &str, access: Access) -> io::Result<File> {
+        #[cfg(unix)]
+        {
+            use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+            use rustix::io::Errno;
+            let access = match access {
+                Access::Read => OFlags::RDONLY,
+                Access::Lock => OFlags::RDWR | OFlags::CREATE,
+                Access::CreateNew => OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+            };
+            // `O_NONBLOCK`: a FIFO planted at the name must not hang the open; it is refused
+            // below like anything else that is not a regular file (the flag does not change
+            // reads, writes or `flock` on regular files).
+            let flags = access | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+            let fd = rustix::fs::openat(&self.fd, name, flags, Mode::RUSR | Mode::WUSR).map_err(
+                |e| {
+                    // `O_NOFOLLOW` on a symbolic link: `ELOOP` (`EMLINK` on FreeBSD and NetBSD).
+                    let refused = (e == Errno::LOOP || e == Errno::MLINK)
+                        && rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                            .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Symlink);
+                    if refused {
+                        symlink_refused()
+                    } else {
+                        io::Error::from(e)
+                    }
+                },
+            )?;
+            let stat = rustix::fs::fstat(&fd)?;
+            if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+                return Err(io::Error::other("it is not a regular file"));
+            }
+            match foreign(&stat) {
+                Some(Foreign::Writable(mode)) => Err(io::Error::other(format!(
+                    "refused: it is writable by its group or by others (mode {mode}), so they \
+                     could replace the tokens; remove it or make it private (chmod go-w)"
+                ))),
+                Some(Foreign::Owner { owner, euid }) => Err(io::Error::other(format!(
+                    "refused: it is owned by uid {owner}, not by this process's user \
+                     (uid {euid}), who could replace the tokens; remove it"
+                ))),
+                None => Ok(File::from(fd)),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let path = self.path_of(name);
+            if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(symlink_refused());
+            }
+            let mut options = OpenOptions::new();
+            match access {
+                Access::Read => options.read(true),
+                Access::Lock => options.read(true).write(true).create(true),
+                Access::CreateNew => options.write(true).create_new(true),
+            };
+            let file = options.open(&path)?;
+            if !file.metadata()?.is_file() {
+                return Err(io::Error::other("it is not a regular file"));
+            }
+            Ok(file)
+        }
+    }
+
+    /// Whether anything (a symbolic link included) is at `name`.
+    fn exists(&self, name: &str) -> io::Result<bool> {
+        #[cfg(unix)]
+        let found = rustix::fs::statat(&self.fd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .map(drop)
+            .map_err(io::Error::from);
+        #[cfg(not(unix))]
+        let found = fs::symlink_metadata(self.path_of(name)).map(drop);
+        match found {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Renames `from` to `to`, both in this directory, replacing `to`.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        #[cfg(unix)]
+        return rustix::fs::renameat(&self.fd, from, &self.fd, to).map_err(io::Error::from);
+        #[cfg(not(unix))]
+        return fs::rename(self.path_of(from), self.path_of(to));
+    }
+
+    /// Removes `name` (a symbolic link there, not its target).
+    fn remove(&self, name: &str) -> io::Result<()> {
+        #[cfg(unix)]
+        return rustix::fs::unlinkat(&self.fd, name, rustix::fs::AtFlags::empty())
+            .map_err(io::Error::from);
+        #[cfg(not(unix))]
+        return fs::remove_file(self.path_of(name));
+    }
+
+    /// Flushes a directory entry change (rename, unlink) to disk; a no-op on Windows, where
+    /// directories cannot be opened.
+    fn sync(&self) -> Result<(), StoreError> {
+        #[cfg(unix)]
+        rustix::fs::fsync(&self.fd)
+            .map_err(|e| io_error("could not flush the token directory", &self.path, e.into()))?;
+        Ok(())
+    }
+}
+
+/// How [`Dir::open_file`] opens a file.
+#[derive(Clone, Copy)]
+enum Access {
+    /// Reading a file that exists (the token file).
+    Read,
+    /// Reading and writing, created when missing (a lock file).
+    Lock,
+    /// Writing a new file; one already at the name is an error (a temporary file).
+    CreateNew,
+}
+
+fn read(dir: &Dir, name: &str) -> Result<Option<StoredTokens>, StoreError> {
+    let path = dir.path_of(name);
+    let mut file = match dir.open_file(name, Access::Read) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error("could not read the token file", path, e)),
+        Err(e) => return Err(io_error("could not read the token file", &path, e)),
     };
     // Sized up front: a growing buffer would leave copies of the tokens in freed memory.
     let len = file
@@ -223,7 +485,7 @@ fn read(path: &Path) -> Result<Option<StoredTokens>, StoreError> {
         .unwrap_or(0);
     let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(len.saturating_add(1)));
     io::Read::read_to_end(&mut file, &mut bytes)
-        .map_err(|e| io_error("could not read the token file", path, e))?;
+        .map_err(|e| io_error("could not read the token file", &path, e))?;
     StoredTokens::from_json(&bytes).map(Some).map_err(|e| {
         StoreError::permanent(format!(
             "the token file {} is corrupt and was left in place: {e}",
@@ -242,97 +504,8 @@ fn create_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| io_error("could not create the token directory", dir, e))
 }
 
-/// Checks that `dir` is private to this process's user (see "Permissions" on [`FileStore`]):
-/// on unix, a directory owned by the effective uid without group or other write permission.
-/// With `create`, a missing directory is made first (mode `0700`). Returns whether it exists.
-fn private_dir(dir: &Path, create: bool) -> Result<bool, StoreError> {
-    if create {
-        create_dir(dir)?;
-    }
-    let meta = match fs::metadata(dir) {
-        Ok(meta) => meta,
-        Err(e) if !create && e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(io_error("could not inspect the token directory", dir, e)),
-    };
-    if !meta.is_dir() {
-        return Err(StoreError::permanent(format!(
-            "the token directory {} is not a directory",
-            dir.display()
-        )));
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt as _;
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o022 != 0 {
-            return Err(StoreError::permanent(format!(
-                "refused the token directory {}: it is writable by its group or by others \
-                 (mode {mode:04o}), so they could read or replace the tokens; make it private \
-                 (chmod go-w, or 0700) or use another directory",
-                dir.display()
-            )));
-        }
-        let uid = rustix::process::geteuid().as_raw();
-        if meta.uid() != uid {
-            return Err(StoreError::permanent(format!(
-                "refused the token directory {}: it is owned by uid {}, not by this process's \
-                 user (uid {uid}), who could read or replace the tokens; chown it or use \
-                 another directory",
-                dir.display(),
-                meta.uid()
-            )));
-        }
-    }
-    Ok(true)
-}
-
-/// Opens a file of the store without following a symbolic link at `path`, creating it with
-/// mode `0600` (unix) when `options` create; refuses anything but a regular file.
-fn open_private(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        // `O_NONBLOCK`: a FIFO planted at the name must not hang the open; it is refused below
-        // like anything else that is not a regular file (the flag does not change reads,
-        // writes or `flock` on regular files). The flags fit an `i32` on every unix.
-        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
-        options.mode(0o600).custom_flags(flags.bits() as i32);
-    }
-    #[cfg(not(unix))]
-    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(symlink_refused());
-    }
-    let file = options.open(path);
-    // `O_NOFOLLOW` on a symbolic link: `ELOOP` (`EMLINK` on FreeBSD and NetBSD).
-    #[cfg(unix)]
-    let file = file.map_err(|e| {
-        let refused = matches!(
-            rustix::io::Errno::from_io_error(&e),
-            Some(rustix::io::Errno::LOOP | rustix::io::Errno::MLINK)
-        ) && fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-        if refused { symlink_refused() } else { e }
-    });
-    let file = file?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::other("it is not a regular file"));
-    }
-    Ok(file)
-}
-
 fn symlink_refused() -> io::Error {
     io::Error::other("it is a symbolic link, which the file store never follows; remove it")
-}
-
-/// Flushes a directory entry change (rename, unlink) to disk; a no-op where directories
-/// cannot be opened (Windows).
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    #[cfg(unix)]
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error("could not flush the token directory", dir, e))?;
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
 }
 
 /// An exclusive advisory lock on a write-lock file, released when dropped (closing the file
@@ -341,12 +514,13 @@ struct WriteLock {
     _file: File,
 }
 
-/// Takes the write lock at `path`, polling (on this blocking thread) for at most
+/// Takes the write lock `name` in `dir`, polling (on this blocking thread) for at most
 /// [`WRITE_LOCK_WAIT`]: its holders keep it for a few file operations, so a longer wait means
 /// a stuck holder, which must not hang this thread for ever.
-fn write_lock(path: &Path) -> Result<WriteLock, StoreError> {
-    let file = open_private(path, OpenOptions::new().read(true).write(true).create(true))
-        .map_err(|e| io_error("could not open the write lock file", path, e))?;
+fn write_lock(dir: &Dir, name: &str) -> Result<WriteLock, StoreError> {
+    let file = dir
+        .open_file(name, Access::Lock)
+        .map_err(|e| io_error("could not open the write lock file", &dir.path_of(name), e))?;
     let started = Instant::now();
     let mut delay = Duration::from_millis(1);
     loop {
@@ -354,14 +528,16 @@ fn write_lock(path: &Path) -> Result<WriteLock, StoreError> {
         match fs4::FileExt::try_lock(&file) {
             Ok(()) => return Ok(WriteLock { _file: file }),
             Err(fs4::TryLockError::WouldBlock) => {}
-            Err(fs4::TryLockError::Error(e)) => return Err(io_error("could not lock", path, e)),
+            Err(fs4::TryLockError::Error(e)) => {
+                return Err(io_error("could not lock", &dir.path_of(name), e));
+            }
         }
         let waited = started.elapsed();
         if waited >= WRITE_LOCK_WAIT {
             return Err(StoreError::transient(format!(
                 "timed out after {} ms waiting for the write lock {}",
                 waited.as_millis(),
-                path.display()
+                dir.path_of(name).display()
             )));
         }
         std::thread::sleep(delay.min(WRITE_LOCK_WAIT - waited));
@@ -369,75 +545,87 @@ fn write_lock(path: &Path) -> Result<WriteLock, StoreError> {
     }
 }
 
-fn write_atomic(
-    dir: &Path,
-    path: &Path,
-    write_lock_path: &Path,
-    contents: &[u8],
-) -> Result<(), StoreError> {
-    private_dir(dir, true)?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{file_name}.{}.{:016x}.tmp",
+/// The file names of one namespace's files.
+struct Names {
+    tokens: String,
+    write_lock: String,
+}
+
+impl Names {
+    fn new(namespace: &str) -> Self {
+        Self {
+            tokens: token_file_name(namespace),
+            write_lock: write_lock_file_name(namespace),
+        }
+    }
+}
+
+fn write_atomic(dir: &Path, names: &Names, contents: &[u8]) -> Result<(), StoreError> {
+    let dir = Dir::create(dir)?;
+    let path = dir.path_of(&names.tokens);
+    let tmp = format!(
+        ".{}.{}.{:016x}.tmp",
+        names.tokens,
         std::process::id(),
         fastrand::u64(..)
-    ));
+    );
     let written = (|| {
-        let mut file = open_private(&tmp, OpenOptions::new().write(true).create_new(true))?;
+        let mut file = dir.open_file(&tmp, Access::CreateNew)?;
         file.write_all(contents)?;
         file.sync_all()
     })();
     if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_error("could not write the token file", path, e));
+        let _ = dir.remove(&tmp);
+        return Err(io_error("could not write the token file", &path, e));
     }
     // Only the rename is serialised with compare-and-delete: it is what replaces the tokens.
-    let renamed = write_lock(write_lock_path).and_then(|_lock| {
-        fs::rename(&tmp, path).map_err(|e| io_error("could not write the token file", path, e))
+    let renamed = write_lock(&dir, &names.write_lock).and_then(|_lock| {
+        dir.rename(&tmp, &names.tokens)
+            .map_err(|e| io_error("could not write the token file", &path, e))
     });
     if let Err(e) = renamed {
-        let _ = fs::remove_file(&tmp);
+        let _ = dir.remove(&tmp);
         return Err(e);
     }
-    sync_dir(dir)
+    dir.sync()
 }
 
-/// Compare-and-delete under the write lock: removes the file at `path` only while it holds
+/// Compare-and-delete under the write lock: removes the token file only while it holds
 /// `refresh_token`.
 fn clear_if_refresh_token(
     dir: &Path,
-    path: &Path,
-    write_lock_path: &Path,
+    names: &Names,
     refresh_token: &RefreshToken,
 ) -> Result<bool, StoreError> {
     // Nothing stored: nothing to compare, and no lock file to create.
-    if !private_dir(dir, false)? {
+    let Some(dir) = Dir::open(dir)? else {
         return Ok(false);
-    }
-    if let Err(e) = fs::symlink_metadata(path)
-        && e.kind() == io::ErrorKind::NotFound
-    {
+    };
+    if let Ok(false) = dir.exists(&names.tokens) {
         return Ok(false);
     }
     let removed = {
-        let _lock = write_lock(write_lock_path)?;
-        match read(path)? {
+        let _lock = write_lock(&dir, &names.write_lock)?;
+        match read(&dir, &names.tokens)? {
             Some(stored) if stored.refresh_token.as_ref() == Some(refresh_token) => {
-                match fs::remove_file(path) {
+                match dir.remove(&names.tokens) {
                     Ok(()) => true,
                     // A `clear` (which takes no lock) removed it first.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-                    Err(e) => return Err(io_error("could not remove the token file", path, e)),
+                    Err(e) => {
+                        return Err(io_error(
+                            "could not remove the token file",
+                            &dir.path_of(&names.tokens),
+                            e,
+                        ));
+                    }
                 }
             }
             _ => false,
         }
     };
     if removed {
-        sync_dir(dir)?;
+        dir.sync()?;
     }
     Ok(removed)
 }
@@ -448,12 +636,10 @@ impl TokenStore for FileStore {
         namespace: &'a str,
     ) -> BoxFuture<'a, Result<Option<StoredTokens>, StoreError>> {
         let dir = self.dir.clone();
-        let path = self.path_for(namespace);
-        Box::pin(blocking(move || {
-            if !private_dir(&dir, false)? {
-                return Ok(None);
-            }
-            read(&path)
+        let name = token_file_name(namespace);
+        Box::pin(blocking(move || match Dir::open(&dir)? {
+            Some(dir) => read(&dir, &name),
+            None => Ok(None),
         }))
     }
 
@@ -463,31 +649,29 @@ impl TokenStore for FileStore {
         tokens: &'a StoredTokens,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let dir = self.dir.clone();
-        let path = self.path_for(namespace);
-        let write_lock_path = self.write_lock_path(namespace);
+        let names = Names::new(namespace);
         let json = tokens.to_json();
         Box::pin(blocking(move || {
-            write_atomic(
-                &dir,
-                &path,
-                &write_lock_path,
-                json.expose_secret().as_bytes(),
-            )
+            write_atomic(&dir, &names, json.expose_secret().as_bytes())
         }))
     }
 
     fn clear<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         let dir = self.dir.clone();
-        let path = self.path_for(namespace);
+        let name = token_file_name(namespace);
         Box::pin(blocking(move || {
-            if !private_dir(&dir, false)? {
+            let Some(dir) = Dir::open(&dir)? else {
                 return Ok(());
-            }
+            };
             // Removing a symbolic link at the name removes the link, not its target.
-            match fs::remove_file(&path) {
-                Ok(()) => sync_dir(&dir),
+            match dir.remove(&name) {
+                Ok(()) => dir.sync(),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(io_error("could not remove the token file", &path, e)),
+                Err(e) => Err(io_error(
+                    "could not remove the token file",
+                    &dir.path_of(&name),
+                    e,
+                )),
             }
         }))
     }
@@ -498,11 +682,10 @@ impl TokenStore for FileStore {
         refresh_token: &'a RefreshToken,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         let dir = self.dir.clone();
-        let path = self.path_for(namespace);
-        let write_lock_path = self.write_lock_path(namespace);
+        let names = Names::new(namespace);
         let refresh_token = refresh_token.clone();
         Box::pin(blocking(move || {
-            clear_if_refresh_token(&dir, &path, &write_lock_path, &refresh_token)
+            clear_if_refresh_token(&dir, &names, &refresh_token)
         }))
     }
 
@@ -512,23 +695,18 @@ impl TokenStore for FileStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Option<Box<dyn RefreshLease>>, StoreError>> {
         let dir = self.dir.clone();
-        let path = self.lock_path(namespace);
+        let name = lock_file_name(namespace);
+        let path = self.dir.join(&name);
         let wait = self
             .lock_wait
             .unwrap_or_else(|| ttl.saturating_add(Duration::from_secs(1)));
         Box::pin(async move {
-            let file = {
-                let path = path.clone();
-                blocking(move || {
-                    private_dir(&dir, true)?;
-                    open_private(
-                        &path,
-                        OpenOptions::new().read(true).write(true).create(true),
-                    )
-                    .map_err(|e| io_error("could not open the lock file", &path, e))
-                })
-                .await?
-            };
+            let file = blocking(move || {
+                let dir = Dir::create(&dir)?;
+                dir.open_file(&name, Access::Lock)
+                    .map_err(|e| io_error("could not open the lock file", &dir.path_of(&name), e))
+            })
+            .await?;
             let started = Instant::now();
             let mut delay = Duration::from_millis(2);
             let mut file = Some(file);
@@ -691,7 +869,7 @@ mod tests {
             .lock_refresh("a", Duration::from_secs(1))
             .await
             .unwrap();
-        let mode = fs::metadata(store.lock_path("a"))
+        let mode = fs::metadata(dir.join(lock_file_name("a")))
             .unwrap()
             .permissions()
             .mode();
@@ -708,7 +886,7 @@ mod tests {
         let dir = temp_dir("fifo");
         let store = FileStore::new(&dir);
         store.save("a", &tokens("A")).await.unwrap();
-        for path in [store.path_for("a"), store.lock_path("a")] {
+        for path in [store.path_for("a"), dir.join(lock_file_name("a"))] {
             let _ = fs::remove_file(&path);
             rustix::fs::mknodat(
                 rustix::fs::CWD,
@@ -825,7 +1003,7 @@ mod tests {
         let saver = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open(store.write_lock_path("a"))
+            .open(dir.join(write_lock_file_name("a")))
             .unwrap();
         fs4::FileExt::try_lock(&saver).unwrap();
         let clearing = tokio::spawn({

@@ -467,7 +467,6 @@ mod file_store {
     }
 
     #[tokio::test]
-    #[ignore = "reproduces: load adopts a token file that others may write (0666) or that another user owns, in an otherwise private directory"]
     async fn a_token_file_others_can_write_or_another_user_owns_is_refused() {
         // The directory passes (ours, 0700), the file in it does not: anyone can rewrite it
         // with their own session (fixation) until our next save replaces it. The directory
@@ -531,7 +530,6 @@ mod file_store {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "reproduces: the directory check and the file open resolve the path separately; a symlinked store path flipped in between makes load adopt tokens from a directory the check refused"]
     async fn tokens_are_only_read_from_the_directory_that_passed_the_check() {
         // The store path is a symbolic link in a world-writable directory (`/tmp/app-tokens`
         // made by whoever came first). The checks follow it ("the checks apply to the directory

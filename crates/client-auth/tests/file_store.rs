@@ -272,3 +272,160 @@ async fn a_directory_owned_by_another_user_is_refused() {
     assert!(!foreign.join("alice.lock").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn token_and_lock_files_others_could_write_are_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = fresh_dir("foreign-files");
+    let store = FileStore::new(&dir);
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+
+    // A token file others may write: neither adopted nor compared, and left in place.
+    let path = store.path_for("alice");
+    std::fs::write(&path, tokens("PLANTED-MARKER").to_json().expose_secret()).unwrap();
+    for mode in [0o666, 0o620, 0o602] {
+        chmod(&path, mode);
+        let e = store.load("alice").await.unwrap_err();
+        assert_refused(&e, &path, "writable by its group or by others");
+        let e = store
+            .clear_if_refresh_token("alice", &RefreshToken::new("rt-PLANTED-MARKER"))
+            .await
+            .unwrap_err();
+        assert_refused(&e, &path, "writable by its group or by others");
+        assert!(path.exists());
+    }
+
+    // The lease lock and the write lock.
+    let lease_lock = dir.join("alice.lock");
+    std::fs::write(&lease_lock, b"").unwrap();
+    chmod(&lease_lock, 0o666);
+    let e = store
+        .lock_refresh("alice", Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_refused(&e, &lease_lock, "writable by its group or by others");
+    let write_lock = dir.join("alice.write.lock");
+    std::fs::write(&write_lock, b"").unwrap();
+    chmod(&write_lock, 0o660);
+    let e = store.save("alice", &tokens("OURS")).await.unwrap_err();
+    assert_refused(&e, &write_lock, "writable by its group or by others");
+    assert_eq!(
+        StoredTokens::from_json(&std::fs::read(&path).unwrap()).unwrap(),
+        tokens("PLANTED-MARKER")
+    );
+
+    // Made private again, the locks work; a save replaces the token file with a 0600 one.
+    chmod(&lease_lock, 0o600);
+    chmod(&write_lock, 0o600);
+    store
+        .lock_refresh("alice", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    store.save("alice", &tokens("OURS")).await.unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(store.load("alice").await.unwrap(), Some(tokens("OURS")));
+
+    // A file another user owns (only root can make one).
+    if runs_as_root(&dir) {
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        let e = store.load("alice").await.unwrap_err();
+        assert_refused(&e, &path, "owned by uid 65534");
+        std::os::unix::fs::chown(&lease_lock, Some(65534), None).unwrap();
+        let e = store
+            .lock_refresh("alice", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert_refused(&e, &lease_lock, "owned by uid 65534");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Whether this process runs as root: the owner of a directory it made.
+#[cfg(unix)]
+fn runs_as_root(own_dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(own_dir).unwrap().uid() == 0
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_path_switched_between_directories_never_uses_the_refused_one() {
+    // The store path is a symbolic link that someone flips between our private directory and
+    // a world-writable one. The planted file there is `0600` (the file check passes), so only
+    // checking the directory that the operation then uses keeps it out.
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let parent = fresh_dir("switch-parent");
+    let good = fresh_dir("switch-good");
+    let evil = fresh_dir("switch-evil");
+    std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let planted = evil.join("alice.json");
+    std::fs::write(&planted, tokens("PLANTED").to_json().expose_secret()).unwrap();
+    let store_path = parent.join("tokens");
+    std::os::unix::fs::symlink(&good, &store_path).unwrap();
+    let store = FileStore::new(&store_path);
+    store.save("alice", &tokens("OURS")).await.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flipper = std::thread::spawn({
+        let (stop, parent, store_path) = (Arc::clone(&stop), parent.clone(), store_path.clone());
+        let (good, evil) = (good.clone(), evil.clone());
+        move || {
+            let tmp = parent.join("tokens.next");
+            while !stop.load(Ordering::Relaxed) {
+                for target in [&good, &evil] {
+                    let _ = std::fs::remove_file(&tmp);
+                    std::os::unix::fs::symlink(target, &tmp).unwrap();
+                    std::fs::rename(&tmp, &store_path).unwrap();
+                }
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut adopted = 0;
+    let mut compared = 0;
+    let mut rounds = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        rounds += 1;
+        if let Ok(Some(found)) = store.load("alice").await
+            && found == tokens("PLANTED")
+        {
+            adopted += 1;
+        }
+        if let Ok(true) = store
+            .clear_if_refresh_token("alice", &RefreshToken::new("rt-PLANTED"))
+            .await
+        {
+            compared += 1;
+        }
+        let _ = store.save("alice", &tokens("OURS")).await;
+        let _ = store
+            .lock_refresh("alice", Duration::from_secs(1))
+            .await
+            .map(drop);
+    }
+    stop.store(true, Ordering::Relaxed);
+    flipper.join().unwrap();
+    // Nothing was read from, written to or created in the refused directory.
+    let names: Vec<String> = std::fs::read_dir(&evil)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["alice.json"], "after {rounds} rounds");
+    assert_eq!(
+        StoredTokens::from_json(&std::fs::read(&planted).unwrap()).unwrap(),
+        tokens("PLANTED")
+    );
+    assert_eq!((adopted, compared), (0, 0), "after {rounds} rounds");
+    for dir in [&parent, &good, &evil] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
