@@ -61,23 +61,20 @@
 //! # Redirects
 //!
 //! reqwest follows redirects inside the `Client`, below every middleware, so this middleware
-//! sees the first hop and the final response only. It stamps the first hop. On each hop to
-//! another host, port or scheme, reqwest itself removes `Authorization` (and `Cookie`,
-//! `Proxy-Authorization`, `WWW-Authenticate`) before sending it on, so a credential never
-//! follows a redirect to another origin; a same-origin redirect keeps it. A 401 whose final
+//! sees the first hop and the final response only. It stamps the first hop. reqwest rebuilds
+//! every later hop from the first request's headers and removes `Authorization` (and `Cookie`,
+//! `Proxy-Authorization`, `WWW-Authenticate`) only when a hop's origin differs from the
+//! *previous* hop's: with its default policy, a chain A → B → B gives B the credential again,
+//! and A → B → A → A stamps a hop a foreign site chose. **Build the client with
+//! [`redirect_policy`]** (or `redirect::Policy::none()`): it follows redirects until the chain
+//! has left the first request's origin and returns the next redirect as it is, so no hop after
+//! the chain left is ever sent. A same-origin redirect keeps the credential. A 401 whose final
 //! response came from another origin than the one stamped answered a request without our
 //! credential, and is returned without a retry.
 //!
-//! Known limit: the middleware sees only the final URL, not the hops. A chain that leaves the
-//! stamped origin and comes back to it (A → B → A) ends on A without the credential (reqwest
-//! does not restore a stripped header), so a 401 there is taken for a rejected token: one
-//! refresh and one retry follow, and the retry meets the same chain and its 401 is returned.
-//! The conformance suite pins this behaviour, and the tower adapter (outside tower-http's
-//! `FollowRedirect` with its `RedirectPolicy`) behaves the same.
-//!
 //! Extra credential headers (beyond `Authorization`) are not on reqwest's list and would follow
-//! a cross-origin redirect; a provider that adds some should be paired with a client whose
-//! [`redirect::Policy`](reqwest_middleware::reqwest::redirect::Policy) stays on the origin.
+//! the first cross-origin hop: pair a provider that adds some with
+//! [`same_origin_redirect_policy`], which never leaves the origin.
 //!
 //! # Per-request control
 //!
