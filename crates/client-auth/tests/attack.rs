@@ -1,4 +1,4 @@
-//! Attack review of the core's transport and storage rules (DESIGN §7, §8): what a hostile or
+//! Attack review of the core's transport and storage rules: what a hostile or
 //! careless token endpoint can make us print, where a loopback token URL really goes, header
 //! values, and the file store's permission model.
 //!
@@ -80,7 +80,7 @@ async fn echoed(answer: serde_json::Value) -> (String, String) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Echoed secrets (DESIGN §8: "server-provided text has known secret values removed before it
+// Echoed secrets ("server-provided text has known secret values removed before it
 // is kept or logged")
 // ---------------------------------------------------------------------------------------------
 
@@ -182,7 +182,7 @@ async fn echoes_in_every_recognised_form_and_place_are_removed() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Where a loopback token URL really goes (DESIGN §8: "`http://` needs the same opt-in as adapter
+// Where a loopback token URL really goes ("`http://` needs the same opt-in as adapter
 // origins"; the builder exempts loopback hosts because they "never leave the machine")
 // ---------------------------------------------------------------------------------------------
 
@@ -320,7 +320,7 @@ fn the_loopback_exemption_agrees_with_the_url_the_transport_connects_to() {
 
 #[test]
 fn origins_are_printed_without_userinfo_or_query_values() {
-    // Issue 11 item 6: "redact userinfo and query values everywhere a URL is printed or
+    // "Redact userinfo and query values everywhere a URL is printed or
     // logged". An origin pasted with its credentials (`https://user:PASSWORD@…`, `?key=…`) is
     // refused, and the refusal, like the builder's `Debug`, repeats it.
     let mut printed = Vec::new();
@@ -415,7 +415,7 @@ async fn a_token_endpoint_answering_hostile_access_tokens_gets_a_typed_error() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// FileStore (DESIGN §8: "refuses symlinks and directories writable by others")
+// FileStore ("refuses symlinks and directories writable by others")
 // ---------------------------------------------------------------------------------------------
 
 #[cfg(unix)]
