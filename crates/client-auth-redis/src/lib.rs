@@ -28,9 +28,8 @@
 //! renewal is sent a third of the ttl after the previous one and must reach Redis within the
 //! remaining two thirds, retry included; with the default connection settings (1 s response
 //! timeout, one retry) that is about 4 s. Waiters give up after [`RedisStoreBuilder::lock_wait_timeout`] (by default the
-//! ttl plus one second), also while a live holder keeps renewing: with a short ttl, raise it
-//! to the token-endpoint timeout plus the ttl if waiters should outwait a slow token request
-//! instead of failing transiently and retrying after a backoff.
+//! ttl plus 15 s: longer than the provider's default token-request timeout, so waiters outwait
+//! a live holder that keeps renewing, while a dead holder's lease still ends with its ttl).
 //!
 //! When the token endpoint rejects the refresh token (`invalid_grant`), the provider removes
 //! the stored tokens with [`TokenStore::clear_if_refresh_token`], one script that deletes the
@@ -240,6 +239,10 @@ return 0
 /// meanwhile).
 const RETRY_DELAY: Duration = Duration::from_millis(50);
 
+/// How much longer than the lease ttl a waiter waits by default: more than the provider's
+/// default token-request timeout (10 s).
+const DEFAULT_EXTRA_WAIT: Duration = Duration::from_secs(15);
+
 /// Tokens and a fenced refresh lease in Redis. Cheap to clone; clones share the connection.
 ///
 /// Build it with [`RedisStore::builder`]. See the [crate docs](crate) for the protocol.
@@ -406,12 +409,12 @@ impl RedisStoreBuilder {
     }
 
     /// How long a process waits for another's refresh lease before failing with a transient
-    /// error (default: the lease ttl plus one second, so that the lease of a holder that died
-    /// expires within one wait).
+    /// error (default: the lease ttl plus 15 s, so that waiters outwait a living holder whose
+    /// token request takes up to the provider's default 10 s timeout, and the lease of a holder
+    /// that died expires within one wait).
     ///
-    /// A living holder renews its lease for as long as its token request runs, so with a
-    /// short ttl a waiter may give up before that holder is done; set this to the
-    /// token-endpoint timeout plus the ttl to have waiters outwait any living holder.
+    /// A living holder renews its lease for as long as its token request runs: with a longer
+    /// token-endpoint timeout, set this to that timeout plus the ttl.
     pub fn lock_wait_timeout(mut self, timeout: Duration) -> Self {
         self.lock_wait = Some(timeout);
         self
@@ -755,7 +758,7 @@ impl TokenStore for RedisStore {
             let wait = self
                 .inner
                 .lock_wait
-                .unwrap_or_else(|| ttl.saturating_add(Duration::from_secs(1)));
+                .unwrap_or_else(|| ttl.saturating_add(DEFAULT_EXTRA_WAIT));
             let started = Instant::now();
             let mut delay = Duration::from_millis(2);
             loop {

@@ -361,7 +361,6 @@ fn rt_of(stored: Option<&StoredTokens>) -> Option<String> {
 /// is fenced by its own lease only; session operations take no lease). Redis ends holding
 /// alice's session: every replica that restarts, or adopts from the store, resumes the user
 /// who was signed out. Issue 10's defect 2, across processes.
-#[ignore = "reproduces: set_tokens in one process is overwritten by another process's in-flight refresh of the old session (Redis)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_tokens_in_one_process_wins_over_another_processs_refresh_redis() {
     if !redis_enabled() {
@@ -413,7 +412,6 @@ async fn set_tokens_in_one_process_wins_over_another_processs_refresh_redis() {
 
 /// The same with `clear()` in process A: after it returns, B's in-flight refresh writes the
 /// session back, and a new process on the store resumes it without a sign-in.
-#[ignore = "reproduces: clear() in one process is undone by another process's in-flight refresh (Redis)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clear_in_one_process_wins_over_another_processs_refresh_redis() {
     if !redis_enabled() {
@@ -527,7 +525,6 @@ impl Blip {
 /// processes lose the session (B: `invalid_grant`; A: its rotated token belongs to the revoked
 /// grant, and its fenced write was refused). A transient renewal failure while the lease is
 /// still valid should be retried.
-#[ignore = "reproduces: one failed lease renewal stops renewing; the lease lapses mid-exchange and reuse detection revokes the grant (Redis)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transient_renewal_failure_does_not_let_the_lease_lapse_mid_exchange_redis() {
     if !redis_enabled() {
@@ -590,7 +587,6 @@ async fn a_transient_renewal_failure_does_not_let_the_lease_lapse_mid_exchange_r
 /// succeed. Its callers, with no usable token, get a transient store error and the process
 /// backs off, although the token they need lands in Redis a moment later. Scaled down here
 /// (ttl 1 s, so a 2 s wait; a 3 s token endpoint; the default 10 s endpoint timeout).
-#[ignore = "reproduces: with the default Redis lock wait, waiters fail while a live holder is still refreshing"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_outwait_a_live_lease_holder_with_the_default_lock_wait_redis() {
     if !redis_enabled() {

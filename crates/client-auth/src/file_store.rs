@@ -67,7 +67,9 @@ const WRITE_LOCK_WAIT: Duration = Duration::from_secs(5);
 /// ```
 ///
 /// The lease waits for another holder by polling the lock (with backoff), at most
-/// [`lock_wait_timeout`](Self::lock_wait_timeout); by default the lease's own ttl plus a second.
+/// [`lock_wait_timeout`](Self::lock_wait_timeout); by default the lease's own ttl plus 15 s, so
+/// that waiters outwait a living holder whose token request takes up to the provider's default
+/// 10 s timeout.
 /// The ttl itself is not enforced: the lock is released when its holder finishes or dies, and a
 /// living holder is bounded by the token-endpoint timeout. For the same reason
 /// [`RefreshLease::renew`] is the default no-op: the operating system holds the lock for as
@@ -144,7 +146,7 @@ impl FileStore {
     }
 
     /// How long [`lock_refresh`](TokenStore::lock_refresh) waits for another process's lease
-    /// before it fails with a transient error (default: the requested ttl plus one second).
+    /// before it fails with a transient error (default: the requested ttl plus 15 s).
     pub fn lock_wait_timeout(mut self, timeout: Duration) -> Self {
         self.lock_wait = Some(timeout);
         self
@@ -699,7 +701,7 @@ impl TokenStore for FileStore {
         let path = self.dir.join(&name);
         let wait = self
             .lock_wait
-            .unwrap_or_else(|| ttl.saturating_add(Duration::from_secs(1)));
+            .unwrap_or_else(|| ttl.saturating_add(Duration::from_secs(15)));
         Box::pin(async move {
             let file = blocking(move || {
                 let dir = Dir::create(&dir)?;

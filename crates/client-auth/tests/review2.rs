@@ -181,7 +181,6 @@ fn view_authorize(p: &impl AuthorizationProvider) -> client_auth::AuthorizeFutur
 /// revocation of a spent rt-1 as a no-op (RFC 7009 §2.2 answers 200 for invalid tokens).
 /// `interleavings.rs` covers the logout that lands while the request is on the wire (the
 /// epoch check in `commit`), not this one, one step later.
-#[ignore = "reproduces: logout during the refresh's store write revokes only the spent refresh token; the rotated one stays alive at the server"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_during_the_refreshs_store_write_revokes_the_refresh_token_it_rotated_to() {
     let endpoint = Endpoint::new([ok("at-2", "rt-2", 3600)]);

@@ -532,16 +532,7 @@ impl Engine {
             }
         }
 
-        let ttl = self.config.lease_ttl;
-        let lease_wait = self
-            .config
-            .store_timeout
-            .saturating_add(self.config.timeout)
-            .saturating_add(ttl);
-        let lease = match self
-            .bounded(lease_wait, "lease", self.store.lock_refresh(ns, ttl))
-            .await
-        {
+        let lease = match self.take_lease().await {
             Ok(lease) => lease,
             Err(e) => return self.publish(epoch, Err(e.into()), done),
         };
@@ -561,19 +552,54 @@ impl Engine {
                 None
             }
         };
-        if let Some(lease) = lease {
-            // Released in the background: the waiters get the outcome without waiting for it.
-            let limit = self.config.store_timeout;
-            let release = lease.release();
-            tokio::spawn(async move {
-                match tokio::time::timeout(limit, release).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "could not release the refresh lease"),
-                    Err(_) => tracing::warn!("the refresh lease release did not answer in time"),
-                }
-            });
-        }
+        self.release_lease(lease);
         outcome
+    }
+
+    /// The store's refresh lease (`None` for a store used by one process), waiting at most
+    /// for a holder's whole refresh.
+    async fn take_lease(&self) -> Result<Option<Box<dyn RefreshLease>>, Error> {
+        let ttl = self.config.lease_ttl;
+        let wait = self
+            .config
+            .store_timeout
+            .saturating_add(self.config.timeout)
+            .saturating_add(ttl);
+        let ns = self.config.namespace.as_str();
+        self.bounded(wait, "lease", self.store.lock_refresh(ns, ttl))
+            .await
+    }
+
+    /// The lease for a session operation's store write: on a shared store, another process's
+    /// refresh under way writes first and this write lands last. Without it (the store failed
+    /// to give one), the write goes ahead.
+    async fn session_lease(&self) -> Option<Box<dyn RefreshLease>> {
+        match self.take_lease().await {
+            Ok(lease) => lease,
+            Err(e) => {
+                tracing::warn!(error = %e, "no refresh lease for the session operation; writing without it");
+                None
+            }
+        }
+    }
+
+    /// Releases `lease` in the background: nobody waits for it.
+    fn release_lease(&self, lease: Option<Box<dyn RefreshLease>>) {
+        let Some(lease) = lease else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // dropped instead: a lease with a ttl lapses, a file lock is closed
+        };
+        let limit = self.config.store_timeout;
+        let release = lease.release();
+        runtime.spawn(async move {
+            match tokio::time::timeout(limit, release).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not release the refresh lease"),
+                Err(_) => tracing::warn!("the refresh lease release did not answer in time"),
+            }
+        });
     }
 
     /// Under the lease: adopt what another process wrote, or exchange. On a `shared` store
@@ -645,32 +671,15 @@ impl Engine {
         done: &Completion<Outcome>,
     ) -> Option<Outcome> {
         let gate = self.write_gate.lock().await;
-        let (current_epoch, logged_out) = {
-            let st = self.lock();
-            let logged_out = matches!(
-                &st.ended,
-                Some(Error::NoSession {
-                    reason: SessionReason::Logout
-                })
-            );
-            (st.epoch, logged_out)
+        let rotated = match &result {
+            Ok(refreshed) if refreshed.rotated => refreshed.refresh_token.clone(),
+            Ok(_) => None,
+            Err((failed, _)) => failed.rotated.clone(),
         };
-        if current_epoch != epoch {
+        if self.lock().epoch != epoch {
             drop(gate);
             done.release_slot();
-            // A logout that raced this token request revoked the refresh token it knew; the
-            // one this answer rotated to would otherwise stay alive at the server.
-            let rotated = match result {
-                Ok(refreshed) if refreshed.rotated => refreshed.refresh_token,
-                Ok(_) => None,
-                Err((failed, _)) => failed.rotated,
-            };
-            if logged_out
-                && let (Some(url), Some(rotated)) = (&self.config.revocation_url, rotated)
-                && let Err(e) = self.revoke(url, &rotated).await
-            {
-                tracing::warn!(error = %e, "could not revoke the refresh token a logged-out session's refresh obtained");
-            }
+            self.revoke_if_logged_out(rotated).await;
             return None;
         }
         let ns = self.config.namespace.as_str();
@@ -686,7 +695,13 @@ impl Engine {
                         self.lock().store_stale = false;
                     }
                 }
-                self.publish(epoch, Ok(refreshed), done)
+                let published = self.publish(epoch, Ok(refreshed), done);
+                if published.is_none() {
+                    // A logout landed during the store write.
+                    drop(gate);
+                    self.revoke_if_logged_out(rotated).await;
+                }
+                published
             }
             Err((failed, used)) if failed.error.is_session_ended() => {
                 // Clear the store before publishing, so no other process or restart picks the
@@ -725,6 +740,23 @@ impl Engine {
         }
     }
 
+    /// A logout that raced a token request revoked the refresh token it knew; the one that
+    /// request's answer rotated to would otherwise stay alive at the server.
+    async fn revoke_if_logged_out(&self, rotated: Option<RefreshToken>) {
+        let logged_out = matches!(
+            &self.lock().ended,
+            Some(Error::NoSession {
+                reason: SessionReason::Logout
+            })
+        );
+        if logged_out
+            && let (Some(url), Some(rotated)) = (&self.config.revocation_url, rotated)
+            && let Err(e) = self.revoke(url, &rotated).await
+        {
+            tracing::warn!(error = %e, "could not revoke the refresh token a logged-out session's refresh obtained");
+        }
+    }
+
     /// Runs `work` while renewing `lease` every third of its ttl (real time: the lease lives in
     /// the store's time, not in the injected clock's).
     async fn renewing<T>(
@@ -740,9 +772,10 @@ impl Engine {
         let renew = async {
             loop {
                 tokio::time::sleep(period).await;
-                if let Err(e) = self.store_op("renew", lease.renew(ttl)).await {
-                    tracing::warn!(error = %e, "could not renew the refresh lease");
-                    std::future::pending::<()>().await;
+                // A failure may be passing (the store unreachable for a moment): keep renewing,
+                // or the lease lapses and another process refreshes with the same token.
+                if let Err(e) = self.bounded(period, "renew", lease.renew(ttl)).await {
+                    tracing::warn!(error = %e, "could not renew the refresh lease; trying again");
                 }
             }
         };
@@ -1161,6 +1194,7 @@ impl Engine {
             (epoch, st.refresh_token.take(), was_loaded)
         };
         let revoking = revoke && self.config.revocation_url.is_some();
+        let lease = self.session_lease().await;
         let (refresh_token, cleared) = {
             // After any store write under way; skipped when a later session operation has
             // already superseded this one (it writes its own state).
@@ -1186,6 +1220,7 @@ impl Engine {
             };
             (refresh_token, cleared)
         };
+        self.release_lease(lease);
         let revoked = match (&self.config.revocation_url, refresh_token, revoke) {
             (Some(url), Some(token), true) => self.revoke(url, &token).await,
             _ => Ok(()),
@@ -1256,7 +1291,8 @@ impl Engine {
     /// lands first and the new session's own refreshes land after: publish, then store.
     pub(crate) async fn set_tokens(&self, tokens: Tokens) -> Result<(), Error> {
         let handed = self.handed(tokens)?;
-        let _gate = self.write_gate.lock().await;
+        let lease = self.session_lease().await;
+        let gate = self.write_gate.lock().await;
         {
             let mut st = self.lock();
             self.new_epoch(&mut st);
@@ -1271,6 +1307,8 @@ impl Engine {
         self.replaced.send_modify(|n| *n = n.wrapping_add(1));
         let saved = self.save(&handed.stored, false).await;
         self.lock().store_stale = saved.is_err();
+        drop(gate);
+        self.release_lease(lease);
         saved.map_err(|e| match e {
             Error::NoRuntime => Error::NoRuntime,
             _ => Error::Store(StoreError::transient(
