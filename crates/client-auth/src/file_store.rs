@@ -31,6 +31,8 @@ use std::fs::OpenOptions;
 use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::BoxFuture;
@@ -562,7 +564,21 @@ impl Names {
     }
 }
 
-fn write_atomic(dir: &Path, names: &Names, contents: &[u8]) -> Result<(), StoreError> {
+/// Sets its flag when dropped: the future it lives in was dropped before it finished.
+struct Abandon(Arc<AtomicBool>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn write_atomic(
+    dir: &Path,
+    names: &Names,
+    contents: &[u8],
+    abandoned: &AtomicBool,
+) -> Result<(), StoreError> {
     let dir = Dir::create(dir)?;
     let path = dir.path_of(&names.tokens);
     let tmp = format!(
@@ -582,6 +598,11 @@ fn write_atomic(dir: &Path, names: &Names, contents: &[u8]) -> Result<(), StoreE
     }
     // Only the rename is serialised with compare-and-delete: it is what replaces the tokens.
     let renamed = write_lock(&dir, &names.write_lock).and_then(|_lock| {
+        if abandoned.load(Ordering::SeqCst) {
+            return Err(StoreError::transient(
+                "the token write was abandoned by its caller before it could land",
+            ));
+        }
         dir.rename(&tmp, &names.tokens)
             .map_err(|e| io_error("could not write the token file", &path, e))
     });
@@ -653,9 +674,18 @@ impl TokenStore for FileStore {
         let dir = self.dir.clone();
         let names = Names::new(namespace);
         let json = tokens.to_json();
-        Box::pin(blocking(move || {
-            write_atomic(&dir, &names, json.expose_secret().as_bytes())
-        }))
+        // A caller that gave up (its timeout) must not have the write land later, after it
+        // went on: the blocking thread cannot be stopped, so it checks before replacing.
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let on_drop = Abandon(Arc::clone(&abandoned));
+        Box::pin(async move {
+            // Dropped with this future: before the write finished, that abandons it.
+            let _on_drop = on_drop;
+            blocking(move || {
+                write_atomic(&dir, &names, json.expose_secret().as_bytes(), &abandoned)
+            })
+            .await
+        })
     }
 
     fn clear<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {

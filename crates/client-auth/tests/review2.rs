@@ -280,7 +280,6 @@ fn write_lock_path(store: &FileStore, ns: &str) -> PathBuf {
 /// waiting and writes when the lock frees, after `set_tokens` has reported the write failed
 /// and after a later `logout()` has cleared the store and returned. The logged-out session is
 /// back in the store, and the next process on that store serves it without a token call.
-#[ignore = "reproduces: a FileStore save that timed out still lands later and resurrects a session logged out after it"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_file_store_write_never_lands_after_a_later_logout() {
     let dir = private_temp_dir("zombie");
@@ -385,7 +384,6 @@ fn first_call_hangs() -> (
 /// when the fetch ran under a mutex in the request (dropping the request freed the next
 /// one): the first request gave up long ago, and the second, made afterwards, still hangs.
 /// Only `invalidate()` gets the provider going again.
-#[ignore = "reproduces: one hung customer-token callback wedges every later request of a cached provider for ever"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_customer_callback_does_not_wedge_later_requests_of_a_cached_provider() {
     let (f, calls) = first_call_hangs();
