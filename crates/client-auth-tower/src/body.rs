@@ -16,7 +16,57 @@ use http_body::Body;
 /// | [`CloneBody`] (default) | `B: Clone` (`Full<Bytes>`, `String`, `Empty<Bytes>`) | `body.clone()` |
 /// | [`CloneEmptyBody`] | `B: Body + Default` (`BoxBody`, `UnsyncBoxBody`) | `B::default()` when `size_hint` is exactly 0, else none |
 /// | [`NeverClone`] | any | none |
+/// | a body type's own `try_clone` (`.clone_body_with(OctoBody::try_clone)`) | that type | its deep copy, or none |
 /// | a closure or function `Fn(&B) -> Option<B> + Clone` | any | what it returns |
+///
+/// # The copy must be deep
+///
+/// The copy is sent after the original was, so it must not share the original's bytes. A
+/// `Clone` that shares them (octocrab's `OctoBody` keeps its body in an `Arc<RwLock<..>>`) hands
+/// the retry a body the first send already drained. The layer records the copy's exact
+/// [`size_hint`](Body::size_hint) when it is taken and checks it before the retry: when it
+/// changed, the 401 is returned unchanged with a `tracing` WARN, never a retry with a lost
+/// body. For such types use their deep-copy method as the hook: any inherent
+/// `fn try_clone(&self) -> Option<Self>` (octocrab's `OctoBody::try_clone`, reqwest's
+/// `Body::try_clone`) is one, as is. A copy whose size was unknown when it was taken cannot be
+/// checked this way.
+///
+/// # When `Authorize` is not a `Service`
+///
+/// `Authorize<S, P, C>` is a `Service<Request<B>>` only when the hook `C` can copy a `B` and
+/// `S` is `Clone`. With a body that is not `Clone` (`BoxBody`, a streaming body) and the
+/// default hook, rustc points at this trait:
+///
+/// ```compile_fail,E0277
+/// use bytes::Bytes;
+/// use client_auth::StaticToken;
+/// use client_auth_tower::AuthorizeLayer;
+/// use http_body_util::combinators::BoxBody;
+/// use tower::{BoxError, Layer, Service};
+///
+/// type Body = BoxBody<Bytes, BoxError>;
+/// fn is_service<S: Service<http::Request<Body>>>(_: &S) {}
+///
+/// let http_client = tower::service_fn(|_: http::Request<Body>| async {
+///     Ok::<_, BoxError>(http::Response::new(()))
+/// });
+/// let layer = AuthorizeLayer::builder(StaticToken::api_key("key")?)
+///     .allow_origin("https://api.example.com")
+///     .build()?;
+/// // error[E0277]: `CloneBody` cannot copy a request body of type
+/// // `BoxBody<Bytes, Box<dyn Error + Send + Sync>>` for the retry after a 401
+/// is_service(&layer.layer(http_client));
+/// # Ok::<(), client_auth::Error>(())
+/// ```
+///
+/// Pick a hook that fits the body: `.clone_body_with(CloneEmptyBody)` (retries bodiless
+/// requests), `.clone_body_with(NeverClone)` (no retry), or a closure with a typed parameter,
+/// `.clone_body_with(|body: &MyBody| body.try_clone())`. A method call such as
+/// `client.ready()` reports the same cause as E0599, "the method `ready` exists for struct
+/// `Authorize<..>`, but its trait bounds were not satisfied", and names neither: check the
+/// hook, then the inner service. An inner service that is not `Clone` (a `BoxService`, a
+/// client without `Clone`) goes inside `tower::buffer::Buffer`, whose handle is `Clone`:
+/// `ServiceBuilder::new().layer(authorize).buffer(1024).service(client)`.
 ///
 /// ```
 /// use bytes::Bytes;
@@ -37,12 +87,17 @@ use http_body::Body;
 /// ```
 ///
 /// [`AuthorizationProvider::can_recover`]: client_auth::AuthorizationProvider::can_recover
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot copy a request body of type `{B}` for the retry after a 401",
+    note = "pick a body clone hook with `.clone_body_with(..)`: `CloneEmptyBody` (boxed bodies), `NeverClone` (no retry), or a closure `|body: &{B}| ..` returning `Option<{B}>`"
+)]
 pub trait CloneRequestBody<B>: Clone {
     /// A copy of `body` for the retry, or `None` when there is none to be had.
     fn clone_body(&self, body: &B) -> Option<B>;
 }
 
-/// Copies request bodies with `Clone` (the default hook).
+/// Copies request bodies with `Clone` (the default hook). The body's `Clone` must copy the
+/// bytes, not share them: see [the copy must be deep](CloneRequestBody#the-copy-must-be-deep).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CloneBody;
 

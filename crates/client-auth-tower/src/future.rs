@@ -17,6 +17,7 @@ use client_auth::{
     AuthorizationProvider, AuthorizeFuture, Credential, Unauthorized, UnauthorizedFuture,
 };
 use http::{Request, Response, StatusCode};
+use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
@@ -103,19 +104,21 @@ pub(crate) enum Retry<T> {
     Never,
     /// The provider could recover, but the body could not be copied before the send.
     BodyNotCloned,
-    /// One retry is possible once the provider says so.
-    Armed(T),
+    /// One retry is possible once the provider says so, if the copy's body still has the exact
+    /// size it had when the copy was taken (a copy sharing the body was drained by the send).
+    Armed(T, Option<u64>),
 }
 
 /// A copy of `request` with `body`, taken before it is stamped, for the one retry.
-pub(crate) fn snapshot<B>(request: &Request<B>, body: B) -> Box<Request<B>> {
+pub(crate) fn snapshot<B: Body>(request: &Request<B>, body: B) -> Retry<Box<Request<B>>> {
+    let size = body.size_hint().exact();
     let mut copy = Request::new(body);
     *copy.method_mut() = request.method().clone();
     *copy.uri_mut() = request.uri().clone();
     *copy.version_mut() = request.version();
     *copy.headers_mut() = request.headers().clone();
     *copy.extensions_mut() = request.extensions().clone();
-    Box::new(copy)
+    Retry::Armed(Box::new(copy), size)
 }
 
 /// Stamps `request` and sends it on `service`, which `poll_ready` made ready. With a retry
@@ -134,7 +137,7 @@ where
         // No retry to send later: no clone of the service either.
         Retry::Never => (service.call(request), Retry::Never),
         Retry::BodyNotCloned => (service.call(request), Retry::BodyNotCloned),
-        Retry::Armed(copy) => {
+        Retry::Armed(copy, size) => {
             let clone = service.clone();
             let mut ready = mem::replace(service, clone);
             let future = ready.call(request);
@@ -144,7 +147,7 @@ where
                 provider: Arc::clone(&stamp.provider),
                 retry: Retry::Never,
             };
-            (future, Retry::Armed(retry))
+            (future, Retry::Armed(retry, size))
         }
     };
     State::Sent {
@@ -160,7 +163,7 @@ impl<S: Service<Request<B>>, B> ResponseFuture<S, B> {
     }
 }
 
-impl<S, B, ResB> Future for ResponseFuture<S, B>
+impl<S, B: Body, ResB> Future for ResponseFuture<S, B>
 where
     S: Service<Request<B>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
@@ -245,7 +248,7 @@ where
 
 /// What follows the answer to a stamped request: the response to return, or the step that
 /// asks the provider about a 401.
-fn answered<S, B, ResB>(
+fn answered<S, B: Body, ResB>(
     response: Response<ResB>,
     stamp: &Stamp,
     retry: &mut Retry<Pending<S, B>>,
@@ -260,22 +263,24 @@ where
         return ControlFlow::Break(response);
     }
     match mem::replace(retry, Retry::Never) {
-        Retry::Armed(retry) if answered_by(&response, retry.request.uri()) => {
+        Retry::Armed(retry, _) if !answered_by(&response, retry.request.uri()) => {
+            tracing::debug!("401 from another origin after a redirect: returned without a retry");
+            ControlFlow::Break(response)
+        }
+        // The copy's body is as it was when it was taken: not drained along with the request's.
+        Retry::Armed(retry, size) if retry.request.body().size_hint().exact() == size => {
             let (status, headers) = (response.status(), response.headers());
             let answer = stamp
                 .provider
                 .on_unauthorized(&stamp.credential, status, headers);
             ControlFlow::Continue(Step::Unauthorized(answer, response, retry))
         }
-        Retry::Armed(_) => {
-            tracing::debug!("401 from another origin after a redirect: returned without a retry");
-            ControlFlow::Break(response)
-        }
-        Retry::BodyNotCloned => {
+        Retry::Armed(..) | Retry::BodyNotCloned => {
             tracing::warn!(
                 status = response.status().as_u16(),
-                "401 not retried: the request body could not be copied before it was sent; \
-                 configure a body clone hook to allow the retry"
+                "401 not retried: the request body could not be copied before it was sent, or \
+                 its copy changed since (a `Clone` that shares the body, drained by the send); \
+                 configure a body clone hook that makes a deep copy to allow the retry"
             );
             ControlFlow::Break(response)
         }

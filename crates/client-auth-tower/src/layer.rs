@@ -144,6 +144,19 @@ impl<P, C> AuthorizeLayerBuilder<P, C> {
         self
     }
 
+    /// Resolves relative request URIs (`/user`, no scheme and host) against `origin`, one of
+    /// the allowed origins, before anything else, so that they get a credential and reach the
+    /// inner service absolute. For a layer placed **outside** (listed before) the layer that
+    /// sets the base URI; placed inside it, where URIs are already absolute, the layer needs no
+    /// resolution. Without it, a relative URI passes through without a credential and the
+    /// first one is logged at WARN. See [`OriginPolicy::resolve_relative`].
+    ///
+    /// [`OriginPolicy::resolve_relative`]: client_auth::OriginPolicy::resolve_relative
+    pub fn resolve_relative_to(mut self, origin: impl Into<String>) -> Self {
+        self.origins = self.origins.resolve_relative_to(origin);
+        self
+    }
+
     /// Uses another body clone hook (see [`CloneRequestBody`](crate::CloneRequestBody)).
     pub fn clone_body_with<C2>(self, hook: C2) -> AuthorizeLayerBuilder<P, C2> {
         AuthorizeLayerBuilder {
@@ -159,7 +172,8 @@ impl<P, C> AuthorizeLayerBuilder<P, C> {
     ///
     /// [`client_auth::Error::Config`] when no origin is named (and
     /// [`any_https_origin`](Self::any_https_origin) was not called), when an origin does not
-    /// parse or has a path, or when it is `http://` without [`allow_http`](Self::allow_http).
+    /// parse or has a path, when it is `http://` without [`allow_http`](Self::allow_http), or
+    /// when the origin of [`resolve_relative_to`](Self::resolve_relative_to) is not allowed.
     pub fn build(self) -> Result<AuthorizeLayer<P, C>, client_auth::Error> {
         Ok(AuthorizeLayer {
             provider: self.provider,

@@ -51,9 +51,11 @@
 //! 1. The request's `Uri` (scheme, authority, path, query) and extensions are shown to
 //!    [`client_auth::plan_request`] without allocating. It passes the request through
 //!    untouched when it goes to an origin you did not name, when the caller already set
-//!    `Authorization` (its 401 is returned unchanged too), or when
-//!    [`AuthorizationControl::Skip`] is in its extensions. A request needs an absolute URI to
-//!    be authorized (a relative one has no origin and passes through).
+//!    `Authorization` (its 401 is returned unchanged too; a `DEBUG` event says so), or when
+//!    [`AuthorizationControl::Skip`] is in its extensions. A caller-set value that carries no
+//!    credentials (empty, or a scheme alone such as `Bearer `, what an SDK configured with an
+//!    empty key sends) counts as absent and is replaced. A request needs an absolute URI to be
+//!    authorized: see [Behind a base-URI layer](#behind-a-base-uri-layer).
 //! 2. Otherwise the provider gives a credential. Usually it is at hand: it is stamped and the
 //!    request goes to the service `poll_ready` made ready. When the provider never recovers
 //!    (a static key) nothing is copied, cloned or allocated by this layer: the cost of
@@ -103,8 +105,53 @@
 //! default) needs `B: Clone` (`Full<Bytes>`, `String`); [`CloneEmptyBody`] suits boxed bodies
 //! (`BoxBody`, `UnsyncBoxBody`: not `Clone`, but `Default`), rebuilding a body whose
 //! `size_hint` is exactly 0 with `Default`; [`NeverClone`] works with any body; a closure
-//! `Fn(&B) -> Option<B> + Clone` decides for itself. Set it with
-//! [`AuthorizeLayerBuilder::clone_body_with`].
+//! `Fn(&B) -> Option<B> + Clone` decides for itself, and so does a body type's own
+//! `try_clone` method (`.clone_body_with(OctoBody::try_clone)`). Set it with
+//! [`AuthorizeLayerBuilder::clone_body_with`]. The copy must not share the original's bytes:
+//! a copy the first send drained (a shallow `Clone`) is detected by its changed `size_hint`,
+//! and its 401 is returned with a warning instead of a retry with an empty body. If `Authorize`
+//! is not a `Service` for your body or your client, [`CloneRequestBody`] explains the compile
+//! error (and wrapping a client that is not `Clone` in `Buffer`).
+//!
+//! # Behind a base-URI layer
+//!
+//! SDKs built on tower (octocrab among them) send relative URIs (`/user`) and make them
+//! absolute in a layer of their own. `AuthorizeLayer` must see the absolute URI to know the
+//! origin, so place it **inside** that layer: after it in `ServiceBuilder`, before it in a
+//! builder whose `with_layer` wraps the stack built so far (the last layer added is the
+//! outermost). Where it has to sit outside, name the origin relative URIs are meant for with
+//! [`AuthorizeLayerBuilder::resolve_relative_to`]. Otherwise a relative URI passes through
+//! without a credential, and the first one is logged at WARN.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use client_auth::StaticToken;
+//! use client_auth_tower::AuthorizeLayer;
+//! use http::header::AUTHORIZATION;
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let http_client = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+//!     let auth = request.headers().get(AUTHORIZATION).is_some();
+//!     Ok::<_, BoxError>(Response::new(format!("{} {auth}", request.uri())))
+//! });
+//! let mut client = ServiceBuilder::new()
+//!     .layer(
+//!         AuthorizeLayer::builder(StaticToken::api_key("my-api-key")?)
+//!             .allow_origin("https://api.example.com")
+//!             .resolve_relative_to("https://api.example.com")
+//!             .build()?,
+//!     )
+//!     .service(http_client);
+//! let request = Request::get("/v1/items").body(Full::default())?;
+//! let response = client.ready().await?.call(request).await?;
+//! assert_eq!(response.body(), "https://api.example.com/v1/items true");
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Readiness
 //!
@@ -163,11 +210,13 @@
 //!
 //! The service's error is [`BoxError`]. It holds the inner service's error, or the provider's
 //! [`client_auth::Error`] (the request was not sent, or the session ended during a 401
-//! recovery):
+//! recovery). Layers around `Authorize` may wrap it (`Buffer` does); [`auth_error`] finds it
+//! anywhere in the `source()` chain, and its own `source()` leads on to the cause (the token
+//! endpoint's transport error, a store's I/O error, a credential callback's own error):
 //!
 //! ```
 //! # fn handle(error: client_auth_tower::BoxError) {
-//! if let Some(auth) = error.downcast_ref::<client_auth::Error>() {
+//! if let Some(auth) = client_auth_tower::auth_error(&*error) {
 //!     if auth.is_session_ended() {
 //!         // Ask the user to sign in again.
 //!     }
@@ -199,7 +248,7 @@ pub mod redirect;
 mod service;
 
 pub use client_auth;
-pub use client_auth::{AuthorizationControl, AuthorizationProvider, OriginPolicy};
+pub use client_auth::{AuthorizationControl, AuthorizationProvider, OriginPolicy, auth_error};
 
 pub use body::{CloneBody, CloneEmptyBody, CloneRequestBody, NeverClone};
 pub use future::ResponseFuture;

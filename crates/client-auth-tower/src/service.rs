@@ -88,7 +88,7 @@ impl<S: fmt::Debug, P, C> fmt::Debug for Authorize<S, P, C> {
     }
 }
 
-impl<S, P, C, ReqB, ResB> Service<Request<ReqB>> for Authorize<S, P, C>
+impl<S, P, C, ReqB: http_body::Body, ResB> Service<Request<ReqB>> for Authorize<S, P, C>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
@@ -103,7 +103,8 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
+        self.layer.origins.resolve_relative(request.uri_mut());
         // Everything the provider needs is borrowed from the request: nothing is allocated
         // before the plan says this request gets a credential.
         let (mut credential, provider, retry) = {
@@ -129,10 +130,8 @@ where
             // The snapshot is taken before stamping (the retry is stamped with the new
             // credential), and only when the provider can answer a 401 with a retry.
             let retry = if provider.can_recover() {
-                match layer.clone_body.clone_body(request.body()) {
-                    Some(body) => Retry::Armed(snapshot(&request, body)),
-                    None => Retry::BodyNotCloned,
-                }
+                let copy = layer.clone_body.clone_body(request.body());
+                copy.map_or(Retry::BodyNotCloned, |body| snapshot(&request, body))
             } else {
                 Retry::Never
             };
