@@ -12,6 +12,11 @@
 //! - [`Cache::invalidate`] starts a new epoch with a flight of its own: a fetch started before
 //!   it publishes nothing afterwards, and requests after it neither join nor wait for that
 //!   fetch (it is for the previous customer).
+//! - A fetch gives the callback at most the callback timeout; then its requests get
+//!   [`Error::RefreshAborted`] and the next request starts a new fetch. The flight counts a
+//!   fetch as stranded a little after that timeout ([`stranded_after`]): a fetch whose task
+//!   sits on a runtime that is no longer driven (so its timer never fires) is replaced too,
+//!   and the requests waiting for it are released.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -35,6 +40,18 @@ type Outcome = Result<Credential, Error>;
 const HARD_WINDOW_MAX: Duration = Duration::from_secs(10);
 /// …and never more than this share of the lifetime left when it was fetched.
 const HARD_WINDOW_RATIO: f64 = 0.25;
+
+/// How long a fetch gives the callback by default.
+pub(super) const DEFAULT_CALLBACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The age past which a fetch that the callback timeout did not end counts as stranded (its
+/// task's runtime no longer driven): the timeout plus as much again, at least 100 ms and at
+/// most 1 s. The margin covers the time between the fetch's start and its task's first poll,
+/// so a fetch on a driven runtime always ends by its own timeout first.
+pub(super) fn stranded_after(callback_timeout: Duration) -> Duration {
+    let margin = callback_timeout.clamp(Duration::from_millis(100), Duration::from_secs(1));
+    callback_timeout.saturating_add(margin)
+}
 
 /// How long before its `exp` a cached token is treated as expired:
 /// `min(max, ratio × lifetime left at fetch time)`.
@@ -115,8 +132,9 @@ impl Fetching {
     /// # Errors
     ///
     /// The callback's error, shared by every request of this fetch, or
-    /// [`Error::RefreshAborted`] when the fetch task stopped first (its runtime shut down, or
-    /// the callback panicked).
+    /// [`Error::RefreshAborted`] when the callback did not answer within the callback timeout,
+    /// or the fetch task stopped first (its runtime shut down, or the callback panicked), or
+    /// the fetch is stranded (its runtime is no longer driven).
     pub(super) async fn credential(self) -> Result<Credential, Error> {
         self.0.wait().await?
     }
@@ -133,6 +151,8 @@ struct Shared {
     answers: Arc<Answers>,
     clock: Arc<dyn Clock>,
     window: HardWindow,
+    /// How long a fetch waits for the callback.
+    callback_timeout: Duration,
     /// The cached token. Read without locking; written under `state`.
     current: ArcSwapOption<Cached>,
     state: Mutex<State>,
@@ -158,17 +178,24 @@ impl Cached {
 }
 
 impl Cache {
-    /// An empty cache whose expiry decisions use `clock`.
-    pub(super) fn new(answers: Arc<Answers>, clock: Arc<dyn Clock>, window: HardWindow) -> Self {
+    /// An empty cache whose expiry decisions use `clock`, and whose fetches give the callback
+    /// `callback_timeout`.
+    pub(super) fn new(
+        answers: Arc<Answers>,
+        clock: Arc<dyn Clock>,
+        window: HardWindow,
+        callback_timeout: Duration,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 answers,
                 clock,
                 window,
+                callback_timeout,
                 current: ArcSwapOption::empty(),
                 state: Mutex::new(State {
                     epoch: 0,
-                    flight: SingleFlight::default(),
+                    flight: new_flight(callback_timeout),
                 }),
             }),
         }
@@ -189,7 +216,7 @@ impl Cache {
     pub(super) fn invalidate(&self) {
         let mut state = self.shared.lock();
         state.epoch = state.epoch.wrapping_add(1);
-        state.flight = SingleFlight::default();
+        state.flight = new_flight(self.shared.callback_timeout);
         self.shared.current.store(None);
     }
 
@@ -250,6 +277,11 @@ impl Cache {
     }
 }
 
+/// A flight whose fetches count as stranded a little after the callback timeout.
+fn new_flight(callback_timeout: Duration) -> SingleFlight<Outcome> {
+    SingleFlight::with_max_age(Some(stranded_after(callback_timeout)))
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every critical section leaves `State` consistent before anything in it can panic.
@@ -268,10 +300,12 @@ impl Shared {
     }
 }
 
-/// The fetch task: awaits the callback, caches its token (unless the epoch changed), then
-/// hands the outcome to every request that shares it. Dropped half-way (its runtime shut
-/// down, or the callback panicked), `completion`'s drop frees the slot and the requests see
-/// [`Error::RefreshAborted`].
+/// The fetch task: awaits the callback (for at most the callback timeout), caches its token
+/// (unless the epoch changed), then hands the outcome to every request that shares it. A
+/// callback that does not answer in time is dropped and the requests get
+/// [`Error::RefreshAborted`]. Dropped half-way (its runtime shut down, or the callback
+/// panicked), `completion`'s drop frees the slot and the requests see
+/// [`Error::RefreshAborted`] too.
 async fn run(
     shared: Arc<Shared>,
     completion: Completion<Outcome>,
@@ -284,18 +318,26 @@ async fn run(
         return;
     };
     let (started, started_unix) = (shared.clock.now(), shared.clock.unix_now());
-    let outcome = Arc::clone(&shared.answers)
-        .fetch(future)
-        .await
-        .map(|fetched| {
-            let stale_at = shared
-                .window
-                .stale_at(&fetched.token, started, started_unix);
-            Arc::new(Cached {
-                credential: fetched.credential,
-                stale_at,
-            })
-        });
+    let fetch = Arc::clone(&shared.answers).fetch(future);
+    let outcome = match tokio::time::timeout(shared.callback_timeout, fetch).await {
+        Ok(fetched) => fetched,
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = u64::try_from(shared.callback_timeout.as_millis()).unwrap_or(u64::MAX),
+                "the customer-token callback did not answer within the callback timeout; its requests fail"
+            );
+            Err(Error::RefreshAborted)
+        }
+    };
+    let outcome = outcome.map(|fetched| {
+        let stale_at = shared
+            .window
+            .stale_at(&fetched.token, started, started_unix);
+        Arc::new(Cached {
+            credential: fetched.credential,
+            stale_at,
+        })
+    });
     {
         let state = shared.lock();
         match &outcome {
@@ -622,6 +664,122 @@ mod tests {
             .expect("the provider must not be wedged")
             .unwrap();
         assert_eq!(next.header_value(), "Bearer t");
+    }
+
+    /// A provider over an async callback whose first call never answers and whose call `n`
+    /// (from 0) answers `token-{n}` otherwise; counts calls when polled.
+    fn first_call_never_answers() -> (CustomerToken, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let provider = CustomerToken::from_fn(move || {
+            let counter = Arc::clone(&counter);
+            async move {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                if n == 0 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, BoxError>(Some(format!("token-{n}")))
+            }
+        });
+        (provider, calls)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_callback_that_never_answers_fails_its_requests_after_the_callback_timeout() {
+        let timeout = Duration::from_millis(150);
+        let (provider, calls) = first_call_never_answers();
+        let provider = provider.cache(true).callback_timeout(timeout);
+        let started = Instant::now();
+        let requests: Vec<_> = (0..3)
+            .map(|_| {
+                let provider = provider.clone();
+                tokio::spawn(async move { authorize(&provider).await })
+            })
+            .collect();
+        for request in requests {
+            let outcome = tokio::time::timeout(HANG, request)
+                .await
+                .expect("the requests must not wait for the callback for ever")
+                .unwrap();
+            let error = outcome.expect_err("the callback never answered");
+            assert!(matches!(error, Error::RefreshAborted), "{error:?}");
+            assert!(error.is_transient());
+        }
+        let waited = started.elapsed();
+        assert!(
+            waited >= timeout,
+            "failed after {waited:?}, before the timeout"
+        );
+        assert!(
+            waited < Duration::from_secs(2),
+            "failed only after {waited:?}"
+        );
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "one call for the three requests"
+        );
+        assert!(!provider.is_cached());
+        // The next request starts a new call, which answers.
+        let next = tokio::time::timeout(HANG, authorize(&provider))
+            .await
+            .expect("the provider must not be wedged")
+            .unwrap();
+        assert_eq!(next.header_value(), "Bearer token-1");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_fetch_stranded_on_an_idle_runtime_is_replaced() {
+        // Stranded after 500 ms.
+        let timeout = Duration::from_millis(250);
+        let (provider, calls) = first_call_never_answers();
+        let provider = provider.cache(true).callback_timeout(timeout);
+        let idle = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let healthy = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        // The fetch task is spawned on `idle`, polled once there (its callback call starts and
+        // never answers), and then nobody drives `idle` again: its timeout never fires.
+        let mut stranded = {
+            let _enter = idle.enter();
+            authorize_now(&provider)
+        };
+        idle.block_on(async {
+            assert!(poll_once(&mut stranded).await);
+            until(|| calls.load(Ordering::SeqCst) == 1).await;
+        });
+        // A request on `healthy` joins the stranded fetch; it is released once the fetch is
+        // older than the stranded age, and the next request starts a new fetch.
+        let started = Instant::now();
+        let joined = healthy
+            .block_on(async { tokio::time::timeout(HANG, authorize(&provider)).await })
+            .expect("a request must not wait for a stranded fetch for ever");
+        assert!(matches!(joined, Err(Error::RefreshAborted)), "{joined:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let next = healthy
+            .block_on(async { tokio::time::timeout(HANG, authorize(&provider)).await })
+            .expect("the provider must not be wedged")
+            .unwrap();
+        assert_eq!(next.header_value(), "Bearer token-1");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        drop(stranded);
+        drop(idle);
+    }
+
+    #[test]
+    fn the_stranded_age_is_a_little_above_the_callback_timeout() {
+        let ms = Duration::from_millis;
+        assert_eq!(stranded_after(Duration::ZERO), ms(100));
+        assert_eq!(stranded_after(ms(150)), ms(300));
+        assert_eq!(stranded_after(DEFAULT_CALLBACK_TIMEOUT), ms(6_000));
+        assert_eq!(stranded_after(Duration::from_secs(30)), ms(31_000));
+        assert_eq!(stranded_after(Duration::MAX), Duration::MAX);
     }
 
     #[tokio::test]

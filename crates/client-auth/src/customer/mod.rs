@@ -14,8 +14,9 @@
 //!
 //! By default the callback is asked for every request. [`CustomerToken::cache`] keeps the
 //! token until shortly before its `exp` claim instead, and concurrent requests share one
-//! callback call, run on a task of its own; [`CustomerToken::invalidate`] drops it when the
-//! customer changes.
+//! callback call, run on a task of its own and given at most
+//! [`callback_timeout`](CustomerToken::callback_timeout) (5 s by default);
+//! [`CustomerToken::invalidate`] drops the token when the customer changes.
 //!
 //! ```
 //! use client_auth::{AuthorizationProvider, BoxError, CustomerToken, RequestView};
@@ -55,7 +56,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use self::cache::{Accept, Cache, HardWindow, Lookup};
+use self::cache::{Accept, Cache, DEFAULT_CALLBACK_TIMEOUT, HardWindow, Lookup};
 use self::claims::token_of;
 use self::source::{Answers, AsyncFn, BlockingFn};
 use crate::clock::{Clock, SystemClock};
@@ -124,6 +125,21 @@ pub use self::source::{BoxError, CustomerTokenFuture, CustomerTokenSource};
 /// that share it. After [`invalidate`](Self::invalidate), requests start a call of their own
 /// at once instead of sharing one made for the previous customer.
 ///
+/// # Callback timeout
+///
+/// With the cache on, a callback call gets at most
+/// [`callback_timeout`](Self::callback_timeout) (default: 5 s). Its requests share one call,
+/// on a task that no request owns, so their own timeouts cannot end it: without this bound one
+/// callback that never answers would hold up every later request. When the time is up the call
+/// is dropped, every request that shares it fails with [`Error::RefreshAborted`] (transient:
+/// [`Error::is_transient`] is `true`), and the next request starts a new call. A fetch that
+/// has not ended a little after the timeout (its task sits on a runtime that is no longer
+/// driven, so its timer never fires) counts as stranded: the requests waiting for it fail
+/// with [`Error::RefreshAborted`] too, and the next request starts a new call.
+///
+/// With the cache off there is no callback timeout: the callback runs in the request, so the
+/// caller's own timeout applies (dropping the request drops the callback's future).
+///
 /// The cache holds one token, so turn it on only for a provider that serves one customer at a
 /// time (one provider per customer session, say), and call [`invalidate`](Self::invalidate)
 /// when that customer changes.
@@ -132,7 +148,9 @@ pub use self::source::{BoxError, CustomerTokenFuture, CustomerTokenSource};
 ///
 /// With the cache on, and for [`from_blocking_fn`](Self::from_blocking_fn), asking the
 /// callback needs a tokio runtime; without one the request fails with [`Error::NoRuntime`],
-/// never a panic. A cached token is served without one.
+/// never a panic. A cached token is served without one. With the cache on, that runtime must
+/// have its time driver enabled (`enable_time` or `enable_all`, as `#[tokio::main]` does) for
+/// the [callback timeout](Self#callback-timeout).
 #[derive(Clone)]
 pub struct CustomerToken {
     inner: Arc<Inner>,
@@ -143,6 +161,7 @@ struct Config {
     cache: bool,
     clock: Arc<dyn Clock>,
     hard_window: HardWindow,
+    callback_timeout: Duration,
 }
 
 impl Default for Config {
@@ -151,6 +170,7 @@ impl Default for Config {
             cache: false,
             clock: Arc::new(SystemClock),
             hard_window: HardWindow::default(),
+            callback_timeout: DEFAULT_CALLBACK_TIMEOUT,
         }
     }
 }
@@ -219,6 +239,7 @@ impl CustomerToken {
                 Arc::clone(&answers),
                 Arc::clone(&config.clock),
                 config.hard_window,
+                config.callback_timeout,
             )
         });
         Self {
@@ -256,6 +277,30 @@ impl CustomerToken {
         self.configure(|c| c.hard_window = HardWindow::new(max, ratio))
     }
 
+    /// How long, with the cache on, one callback call may take (default: 5 s). Past it the
+    /// call is dropped and every request that shares it fails with [`Error::RefreshAborted`],
+    /// a transient error; the next request starts a new call. See
+    /// [Callback timeout](Self#callback-timeout).
+    ///
+    /// With the cache off it does not apply: the callback runs in the request, under the
+    /// caller's own timeout. A [`from_blocking_fn`](Self::from_blocking_fn) closure cannot be
+    /// interrupted: past the timeout its requests fail, but the closure keeps its thread of
+    /// the blocking pool until it returns.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// use client_auth::{BoxError, CustomerToken};
+    ///
+    /// let provider = CustomerToken::from_fn(|| async { Ok::<_, BoxError>(Some("eyJ...".to_owned())) })
+    ///     .cache(true)
+    ///     .callback_timeout(Duration::from_secs(2));
+    /// # let _ = provider;
+    /// ```
+    pub fn callback_timeout(self, timeout: Duration) -> Self {
+        self.configure(|c| c.callback_timeout = timeout)
+    }
+
     /// Drops the cached token: call it when the customer identity changes. A fetch already in
     /// flight does not put its token in the cache afterwards, and requests made from now on
     /// do not share it.
@@ -282,6 +327,7 @@ impl fmt::Debug for CustomerToken {
             .field("clock", &config.clock)
             .field("hard_window_max", &config.hard_window.max())
             .field("hard_window_ratio", &config.hard_window.ratio())
+            .field("callback_timeout", &config.callback_timeout)
             .field(
                 "cached",
                 &self.inner.cache.as_ref().is_some_and(Cache::holds_a_token),
