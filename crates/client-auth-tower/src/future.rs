@@ -121,10 +121,6 @@ pub(crate) fn snapshot<B: Body>(request: &Request<B>, body: B) -> Retry<Box<Requ
     Retry::Armed(Box::new(copy), size)
 }
 
-/// The names of the extra headers a credential stamped on a request.
-#[derive(Debug, Clone)]
-pub(crate) struct StampedHeaders(pub(crate) Vec<http::HeaderName>);
-
 /// Stamps `request` and sends it on `service`, which `poll_ready` made ready. With a retry
 /// armed, the service called is kept for the retry and `service` becomes a clone of it.
 pub(crate) fn send<S, B>(
@@ -137,11 +133,6 @@ where
     S: Service<Request<B>> + Clone,
 {
     stamp.credential.apply(request.headers_mut());
-    if let Some(extra) = stamp.credential.extra_headers() {
-        // `RedirectPolicy` removes these too from a hop to another origin.
-        let names = extra.keys().cloned().collect();
-        request.extensions_mut().insert(StampedHeaders(names));
-    }
     let (future, retry) = match retry {
         // No retry to send later: no clone of the service either.
         Retry::Never => (service.call(request), Retry::Never),

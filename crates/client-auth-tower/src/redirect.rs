@@ -85,8 +85,8 @@
 //! a non-empty body is returned as it is, unless you combine it (`PolicyExt::and`) with a
 //! policy whose `clone_body` copies the body.
 //!
-//! The extra headers of a credential ([`Credential::with_extra_headers`]) the layer stamped
-//! are removed the same way (the layer tells the policy their names on the first hop).
+//! The extra headers of a credential ([`Credential::with_extra_headers`]) are removed the same
+//! way: their values are marked sensitive, and so is every value the policy removes.
 //!
 //! # The other order
 //!
@@ -104,17 +104,15 @@
 //! [`Credential::with_extra_headers`]: client_auth::Credential::with_extra_headers
 
 use client_auth::{AuthorizationControl, OriginPolicy};
-use http::header::{AUTHORIZATION, COOKIE, HeaderName, PROXY_AUTHORIZATION};
+use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
 use http::{Request, Response, Uri};
 use tower_http::follow_redirect::RequestUri;
-
-use crate::future::StampedHeaders;
 use tower_http::follow_redirect::policy::{Action, Attempt, Policy};
 
 /// The `FollowRedirect` policy to put below an [`AuthorizeLayer`](crate::AuthorizeLayer):
 /// follows at most 20 redirects and, from the first hop that leaves the origin of the first
-/// request, removes `Authorization`, `Cookie`, `Proxy-Authorization` and the extra headers of
-/// the credential the layer stamped from every later hop.
+/// request, removes `Authorization`, `Cookie`, `Proxy-Authorization` and every header value
+/// marked sensitive (a credential's extra headers are) from every later hop.
 /// Later hops also carry [`AuthorizationControl::Skip`].
 ///
 /// Its state is per chain: `FollowRedirect` clones the policy for every request. See the
@@ -124,8 +122,6 @@ pub struct RedirectPolicy {
     max_redirects: usize,
     followed: usize,
     left_origin: bool,
-    /// The credential's extra headers the layer stamped on the first hop.
-    stamped: Vec<HeaderName>,
 }
 
 impl RedirectPolicy {
@@ -136,7 +132,6 @@ impl RedirectPolicy {
             max_redirects,
             followed: 0,
             left_origin: false,
-            stamped: Vec::new(),
         }
     }
 }
@@ -161,18 +156,17 @@ impl<B, E> Policy<B, E> for RedirectPolicy {
     fn on_request(&mut self, request: &mut Request<B>) {
         // The first hop is the caller's request, as it is.
         if self.followed == 0 {
-            if let Some(stamped) = request.extensions().get::<StampedHeaders>() {
-                self.stamped.clone_from(&stamped.0);
-            }
             return;
         }
         request.extensions_mut().insert(AuthorizationControl::Skip);
         if self.left_origin {
-            for name in [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION]
-                .iter()
-                .chain(&self.stamped)
-            {
-                request.headers_mut().remove(name);
+            // Every value marked sensitive goes too: a credential's extra headers are.
+            let headers = request.headers_mut();
+            let sensitive = headers.iter().filter(|(_, v)| v.is_sensitive());
+            let mut names: Vec<_> = sensitive.map(|(name, _)| name.clone()).collect();
+            names.extend([AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION]);
+            for name in names {
+                headers.remove(name);
             }
         }
     }
