@@ -16,7 +16,7 @@ use http_body::Body;
 /// | [`CloneBody`] (default) | `B: Clone` (`Full<Bytes>`, `String`, `Empty<Bytes>`) | `body.clone()` |
 /// | [`CloneEmptyBody`] | `B: Body + Default` (`BoxBody`, `UnsyncBoxBody`) | `B::default()` when `size_hint` is exactly 0, else none |
 /// | [`NeverClone`] | any | none |
-/// | a body type's own `try_clone` (`.clone_body_with(OctoBody::try_clone)`) | that type | its deep copy, or none |
+/// | a body type's own `try_clone` (`.clone_body_with(MyBody::try_clone)`) | that type | its deep copy, or none |
 /// | a closure or function `Fn(&B) -> Option<B> + Clone` | any | what it returns |
 ///
 /// # The copy must be deep
@@ -27,9 +27,15 @@ use http_body::Body;
 /// [`size_hint`](Body::size_hint) when it is taken and checks it before the retry: when it
 /// changed, the 401 is returned unchanged with a `tracing` WARN, never a retry with a lost
 /// body. For such types use their deep-copy method as the hook: any inherent
-/// `fn try_clone(&self) -> Option<Self>` (octocrab's `OctoBody::try_clone`, reqwest's
-/// `Body::try_clone`) is one, as is. A copy whose size was unknown when it was taken cannot be
-/// checked this way.
+/// `fn try_clone(&self) -> Option<Self>` is one, as is (`.clone_body_with(MyBody::try_clone)`).
+/// octocrab's `OctoBody::try_clone` has no copy for a request without a body; combine it with
+/// [`CloneEmptyBody`] so that those are retried too:
+///
+/// ```text
+/// .clone_body_with(|body: &OctoBody| body.try_clone().or_else(|| CloneEmptyBody.clone_body(body)))
+/// ```
+///
+/// A copy whose size was unknown when it was taken cannot be checked this way.
 ///
 /// # When `Authorize` is not a `Service`
 ///

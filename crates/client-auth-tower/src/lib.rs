@@ -106,7 +106,7 @@
 //! (`BoxBody`, `UnsyncBoxBody`: not `Clone`, but `Default`), rebuilding a body whose
 //! `size_hint` is exactly 0 with `Default`; [`NeverClone`] works with any body; a closure
 //! `Fn(&B) -> Option<B> + Clone` decides for itself, and so does a body type's own
-//! `try_clone` method (`.clone_body_with(OctoBody::try_clone)`). Set it with
+//! `try_clone` method (`.clone_body_with(MyBody::try_clone)`). Set it with
 //! [`AuthorizeLayerBuilder::clone_body_with`]. The copy must not share the original's bytes:
 //! a copy the first send drained (a shallow `Clone`) is detected by its changed `size_hint`,
 //! and its 401 is returned with a warning instead of a retry with an empty body. If `Authorize`
@@ -259,9 +259,3 @@ pub use service::Authorize;
 
 /// The error type of [`Authorize`]: the inner service's error or a [`client_auth::Error`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-// The workspace README's examples are compiled and run as doctests of this crate, which sees
-// both adapters.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-struct ReadmeDoctests;
