@@ -49,7 +49,9 @@
 //!    rest of the middleware chain and with the same extensions (at most once); `GiveUp`
 //!    returns the 401; a session that ended comes back as an error. 403 (including
 //!    `insufficient_scope`) and every other status are returned untouched.
-//! 6. **Accepted.** Any other answer to a request it stamped is reported to the provider
+//! 6. **Accepted.** Any other answer to a request it stamped that shows acceptance
+//!    ([`credential_accepted`](client_auth::credential_accepted): not 407, 429 or 5xx) is
+//!    reported to the provider
 //!    ([`AuthorizationProvider::on_accepted`](client_auth::AuthorizationProvider::on_accepted)):
 //!    the OAuth provider then knows that a later 401 for that token means it was revoked, and
 //!    refreshes at once.

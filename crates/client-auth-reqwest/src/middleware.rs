@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use client_auth::{
     AuthorizationProvider, AuthorizeFuture, Error, OriginPolicy, OriginPolicyBuilder, Plan,
-    ProviderRef, RequestView, Unauthorized, plan_request,
+    ProviderRef, RequestView, Unauthorized, credential_accepted, plan_request,
 };
 use http::header::AUTHORIZATION;
 use http::{Extensions, StatusCode};
@@ -200,9 +200,9 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
         let Some(mut snapshot) = snapshot else {
             credential.apply(req.headers_mut());
             let response = next.run(req, extensions).await?;
-            if response.status() != StatusCode::UNAUTHORIZED {
+            if credential_accepted(response.status()) {
                 provider.on_accepted(&credential);
-            } else if can_recover {
+            } else if response.status() == StatusCode::UNAUTHORIZED && can_recover {
                 tracing::debug!(
                     status = response.status().as_u16(),
                     "401 returned without a retry: the request body could not be cloned before sending"
@@ -215,7 +215,9 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
         let retry_next = next.clone();
         let response = next.run(req, extensions).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
-            provider.on_accepted(&credential);
+            if credential_accepted(response.status()) {
+                provider.on_accepted(&credential);
+            }
             return Ok(response);
         }
 
@@ -245,7 +247,7 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
                 // The retry's answer is returned whatever it is; anything but a 401 means the
                 // new credential was accepted.
                 let response = retry_next.run(snapshot, extensions).await?;
-                if response.status() != StatusCode::UNAUTHORIZED {
+                if credential_accepted(response.status()) {
                     provider.on_accepted(&fresh);
                 }
                 Ok(response)

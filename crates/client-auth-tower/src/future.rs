@@ -257,9 +257,11 @@ where
     S: Service<Request<B>, Response = Response<ResB>>,
 {
     if response.status() != StatusCode::UNAUTHORIZED {
-        // The server took the credential (whatever it then answered): the provider learns
-        // that this token works, without a lock or a copy.
-        stamp.provider.on_accepted(&stamp.credential);
+        // The server took the credential: the provider learns that this token works, without
+        // a lock or a copy.
+        if client_auth::credential_accepted(response.status()) {
+            stamp.provider.on_accepted(&stamp.credential);
+        }
         return ControlFlow::Break(response);
     }
     match mem::replace(retry, Retry::Never) {

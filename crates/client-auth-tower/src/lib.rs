@@ -73,7 +73,8 @@
 //!    another origin (see [Redirects](#redirects)). If the body could not be copied, the 401
 //!    is returned unchanged and a `tracing` warning says the retry was skipped; the request
 //!    never fails up front because of its body.
-//! 5. Any other answer to a request it stamped is reported to the provider as accepted
+//! 5. Any other answer to a request it stamped that shows acceptance
+//!    ([`client_auth::credential_accepted`]: not 407, 429 or 5xx) is reported to the provider
 //!    ([`AuthorizationProvider::on_accepted`], no lock, no allocation): the OAuth provider then
 //!    knows that a later 401 for that token means it was revoked, and refreshes at once.
 //!

@@ -90,6 +90,28 @@ impl<P: AuthorizationProvider> ProviderRef<'_, P> {
     }
 }
 
+/// Whether an answer to a request that carried our credential shows the server accepted it,
+/// to be reported with [`AuthorizationProvider::on_accepted`]: any status but 401 (rejected),
+/// 407 (about a proxy's credentials), 429 and 5xx (often answered in front of the API, by a
+/// gateway or a rate limiter that never looked at the credential).
+///
+/// ```
+/// use client_auth::credential_accepted;
+/// use http::StatusCode;
+///
+/// assert!(credential_accepted(StatusCode::OK));
+/// assert!(credential_accepted(StatusCode::FORBIDDEN));
+/// assert!(!credential_accepted(StatusCode::UNAUTHORIZED));
+/// assert!(!credential_accepted(StatusCode::SERVICE_UNAVAILABLE));
+/// ```
+pub fn credential_accepted(status: http::StatusCode) -> bool {
+    use http::StatusCode as S;
+    !(matches!(
+        status,
+        S::UNAUTHORIZED | S::PROXY_AUTHENTICATION_REQUIRED | S::TOO_MANY_REQUESTS
+    ) || status.is_server_error())
+}
+
 /// Decides what an adapter does with a request: pass it through untouched, or authorize it and
 /// with which provider.
 ///

@@ -72,7 +72,7 @@ use std::pin::Pin;
 /// A boxed, `Send` future: what the slow paths return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-pub use adapter::{Plan, ProviderRef, plan_request};
+pub use adapter::{Plan, ProviderRef, credential_accepted, plan_request};
 #[cfg(any(test, feature = "test-util"))]
 pub use clock::ManualClock;
 pub use clock::{Clock, SystemClock};

@@ -41,8 +41,9 @@
 //! # 401s
 //!
 //! A 401 for the current token starts one refresh and the request is retried once with the new
-//! token. A token the server accepted before (adapters report every non-401 answer through
-//! [`AuthorizationProvider::on_accepted`]) and now rejects is refreshed at once: it was revoked.
+//! token. A token the server accepted before (adapters report every answer that shows
+//! acceptance through [`AuthorizationProvider::on_accepted`]) and now rejects is refreshed at
+//! once: it was revoked.
 //! A token the server never accepted refreshes under a cooldown growing from 1 s to 30 s
 //! ([`OAuthProviderBuilder::unauthorized_cooldown`]), since a new one may be rejected the same
 //! way.
