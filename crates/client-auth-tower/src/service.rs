@@ -1,7 +1,6 @@
 //! The middleware service: decides per request, then hands over to [`ResponseFuture`].
 
 use std::fmt;
-use std::mem;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -168,8 +167,7 @@ where
         // Nothing is sent now, so the readiness reserved by `poll_ready` is given back: waiting
         // must not hold a `Buffer` or `ConcurrencyLimit` slot the token transport may need. The
         // ready service is dropped, and `self` keeps a clone for the next `poll_ready`.
-        let clone = self.inner.clone();
-        drop(mem::replace(&mut self.inner, clone));
+        self.inner = self.inner.clone();
         ResponseFuture::new(State::Step { step })
     }
 }
