@@ -67,18 +67,17 @@ pub(crate) fn is_scheme(scheme: &str) -> bool {
 /// Schemes that, alone, mean "no credentials" (`Authorization: Bearer`).
 const SCHEMES: [&str; 6] = ["Basic", "Bearer", "Digest", "DPoP", "Negotiate", "Token"];
 
-/// Whether an `Authorization` value carries no credentials: empty, only whitespace, or an auth
-/// scheme alone — a well-known one (`Bearer`), or any token followed by whitespace
-/// (`Bearer `, `Key `) — which is what a client configured with an empty key sends. A single
-/// word that is not a known scheme (`abc123`) may be a key sent without a scheme: it counts.
+/// Whether an `Authorization` value carries no credentials: empty, only whitespace, or a
+/// well-known auth scheme alone (`Bearer`, `Bearer `), which is what a client configured with
+/// an empty key sends. Any other single word (`abc123`, `sk-live-123 `) may be a key sent
+/// without a scheme: it counts, and the caller's value is kept.
 pub(crate) fn carries_no_credentials(value: &HeaderValue) -> bool {
     let Ok(text) = value.to_str() else {
         return false;
     };
     let word = text.trim_matches(is_ws);
-    word.is_empty()
-        || (is_scheme(word)
-            && (text.ends_with(is_ws) || SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(word))))
+    // A known scheme alone: an unknown word may be a caller's own scheme-less key.
+    word.is_empty() || SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(word))
 }
 
 #[cfg(test)]
@@ -125,12 +124,21 @@ mod tests {
     #[test]
     fn empty_and_scheme_only_values_carry_no_credentials() {
         for blank in [
-            "", " ", "\t", "Bearer", "Bearer ", "bearer\t", " BASIC", "Token", "Key ",
+            "", " ", "\t", "Bearer", "Bearer ", "bearer\t", " BASIC", "Token",
         ] {
             let value = HeaderValue::from_str(blank).unwrap();
             assert!(carries_no_credentials(&value), "{blank:?}");
         }
-        for set in ["Bearer abc", "abc123", " abc123", "Token k", "Bearer  x "] {
+        // An unknown word may be a caller's own scheme-less key, trailing space or not.
+        for set in [
+            "Bearer abc",
+            "abc123",
+            " abc123",
+            "Token k",
+            "Bearer  x ",
+            "Key ",
+            "sk-live-123 ",
+        ] {
             let value = HeaderValue::from_str(set).unwrap();
             assert!(!carries_no_credentials(&value), "{set:?}");
         }

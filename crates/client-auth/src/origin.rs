@@ -150,7 +150,8 @@ impl OriginPolicy {
         let Some((scheme, authority)) = &self.relative_base else {
             return false;
         };
-        if uri.scheme().is_some() || uri.authority().is_some() {
+        // Only origin-form (`/path`) is resolved; `*` (asterisk-form) is not a path.
+        if uri.scheme().is_some() || uri.authority().is_some() || !uri.path().starts_with('/') {
             return false;
         }
         let path = uri.path_and_query().cloned();

@@ -225,7 +225,8 @@ impl Answers {
 fn callback_error(error: BoxError) -> Error {
     match error.downcast::<Error>() {
         Ok(error) => *error,
-        Err(other) => Error::Callback(SharedError::new(other)),
+        // The callback's text is foreign: URLs in it lose their userinfo and query values.
+        Err(other) => Error::Callback(SharedError::new(other)).redacted(&[]),
     }
 }
 
