@@ -1,4 +1,4 @@
-//! Bloomreach style: the API key (`Authorization: Token KEY`) by default, and a customer JWT for
+//! An API with two kinds of credential: the API key (`Authorization: Token KEY`) by default, and a customer JWT for
 //! the customer-facing endpoints, chosen per request with `AuthorizationControl::Provider`.
 //! The customer token comes from a callback asked per request; a backend can mint it with
 //! `CustomerTokenSigner` (features `jwt-aws-lc-rs` / `jwt-rust-crypto`).

@@ -18,7 +18,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    // Tokens live 2 s here so the demo does not wait an hour; real ones live like Xena's: 1 h.
+    // Tokens live 2 s here so the demo does not wait an hour; real ones typically live 1 h.
     let server = TestServer::start_with(
         ServerConfig::default()
             .api_key("demo-api-key")
@@ -27,7 +27,7 @@ async fn main() -> Result<(), BoxError> {
     .await?;
     println!("testkit server on {}", server.base_url());
 
-    // 1. A static API key, Bloomreach style.
+    // 1. A static API key with the `Token` scheme.
     let api_key = ClientBuilder::new(reqwest::Client::new())
         .with(
             AuthorizationMiddleware::builder(StaticToken::api_key("demo-api-key")?)

@@ -359,7 +359,7 @@ fn rt_of(stored: Option<&StoredTokens>) -> Option<String> {
 /// to Redis and returns. B's refresh then writes alice's rotated tokens over them (its write
 /// is fenced by its own lease only; session operations take no lease). Redis ends holding
 /// alice's session: every replica that restarts, or adopts from the store, resumes the user
-/// who was signed out. Issue 10's defect 2, across processes.
+/// who was signed out. The set_tokens-during-a-refresh race, across processes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_tokens_in_one_process_wins_over_another_processs_refresh_redis() {
     if !redis_enabled() {

@@ -1,7 +1,7 @@
 //! HS256 customer-token signer for backends (features `jwt-aws-lc-rs` / `jwt-rust-crypto`).
 //!
 //! [`CustomerTokenSigner`] mints the customer JWTs that a [`CustomerToken`](crate::CustomerToken)
-//! callback hands out, the way Bloomreach's customer tokens look:
+//! callback hands out, the way customer tokens of such APIs look:
 //!
 //! - header `{"alg":"HS256","typ":"JWT","kid":KEY_ID}`;
 //! - claims `{"sub":{CUSTOMER_IDS},"iat":NOW,"exp":NOW+LIFETIME}` (`exp` only when a lifetime
@@ -90,7 +90,7 @@ impl JwtBackend {
 /// `{"sub":{CUSTOMER_IDS},"iat":NOW,"exp":NOW+LIFETIME}` (`exp` only with a lifetime).
 ///
 /// `sub` is an object of customer ids, not the string RFC 7519 describes: that is what
-/// customer-token APIs such as Bloomreach's expect. The HMAC is computed by the chosen
+/// customer-token APIs expect. The HMAC is computed by the chosen
 /// [`JwtBackend`], never through `jsonwebtoken`'s process-wide default, so both crypto features
 /// may be on at once. Sign only in trusted backends: whoever holds the secret can mint a token
 /// for any customer.

@@ -3,7 +3,7 @@
 //! ```
 //! use client_auth::{AuthorizationProvider, StaticToken};
 //!
-//! // Bloomreach style: `Authorization: Token API_KEY`.
+//! // The `Token` scheme many APIs use: `Authorization: Token API_KEY`.
 //! let key = StaticToken::api_key("my-api-key")?;
 //! assert!(!key.can_recover());
 //!

@@ -1,7 +1,7 @@
 //! Customer tokens: a callback asked for the current customer's JWT.
 //!
 //! [`CustomerToken`] asks a callback of yours for the token of the customer a request is sent
-//! for (as Bloomreach's SDK does) and sends it as `Authorization: Bearer TOKEN`. The callback
+//! for (as SDKs of customer-facing APIs do) and sends it as `Authorization: Bearer TOKEN`. The callback
 //! answers `Ok(Some(token))`, `Ok(None)` when there is no customer (the request is then **not
 //! sent**: the adapter gets [`Error::NoCredentials`]), or an error ([`Error::Callback`]).
 //!
