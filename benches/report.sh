@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs both benchmarks (benches/overhead.rs, benches/load.rs), counts allocations per request
 # under valgrind, and prints a markdown table of the figures and of the ratios against the
-# targets of issue 6. Also written to target/bench-report/report.md.
+# performance targets in the README. Also written to target/bench-report/report.md.
 #
 # Usage: benches/report.sh            (from anywhere in the repository)
 # Needs: cargo, python3; valgrind for the allocation counts (skipped without it).

@@ -839,13 +839,7 @@ impl Engine {
         let request = self.config.token_request(refresh_token.as_ref())?;
         let sent_at = self.clock.now();
         let sent_unix = self.clock.unix_now();
-        let response = tokio::time::timeout(
-            self.config.timeout,
-            self.transport.send(request, self.config.max_body),
-        )
-        .await
-        .map_err(|_| Error::Transport(TransportError::timeout()))?
-        .map_err(|e| self.redacted(e, refresh_token.as_ref()))?;
+        let response = self.send(request, refresh_token.as_ref()).await?;
         let (parts, body) = response.into_parts();
         let rotated_on_failure = |error: Error| Failed {
             rotated: if parts.status.is_success() {
@@ -905,6 +899,22 @@ impl Engine {
             short_lived,
             rotated,
         })
+    }
+
+    /// One request to the token or revocation endpoint, bounded by the request timeout; a
+    /// transport error loses the secrets the request carried.
+    async fn send(
+        &self,
+        request: http::Request<bytes::Bytes>,
+        refresh_token: Option<&RefreshToken>,
+    ) -> Result<http::Response<bytes::Bytes>, Error> {
+        tokio::time::timeout(
+            self.config.timeout,
+            self.transport.send(request, self.config.max_body),
+        )
+        .await
+        .map_err(|_| Error::Transport(TransportError::timeout()))?
+        .map_err(|e| self.redacted(e, refresh_token))
     }
 
     /// `error` without the secrets this provider sends, should the server have echoed them.
@@ -1237,13 +1247,7 @@ impl Engine {
                 ("token_type_hint", "refresh_token"),
             ],
         )?;
-        let response = tokio::time::timeout(
-            self.config.timeout,
-            self.transport.send(request, self.config.max_body),
-        )
-        .await
-        .map_err(|_| Error::Transport(TransportError::timeout()))?
-        .map_err(|e| self.redacted(e, Some(token)))?;
+        let response = self.send(request, Some(token)).await?;
         if response.status().is_success() {
             return Ok(());
         }
