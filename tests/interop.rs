@@ -15,23 +15,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use client_auth::{
     Error, MemoryStore, OAuthProvider, OAuthProviderBuilder, SessionReason, SessionState,
-    TowerTransport,
+    SuppliedTransport,
 };
-use http_body_util::Full;
 use serde_json::{Value, json};
 
 #[path = "support/adapters.rs"]
 mod adapters;
 
-use adapters::{ADAPTERS, Adapter, AuthClient, Outcome, http_client};
+use adapters::{ADAPTERS, Adapter, AuthClient, Outcome, token_transport};
 
 // ---- the provider process ------------------------------------------------------------------
 
 fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
 }
 
 /// Whether the interop setup is there; panics when it is required (`CLIENT_AUTH_INTEROP=1`) and
@@ -286,23 +284,18 @@ struct Counters {
 
 // ---- the two adapters behind one face --------------------------------------------------------
 
-/// A provider builder for `client` at this provider; the tower side asks the token endpoint
-/// through a hyper client (`TowerTransport`), the reqwest side through `ReqwestTransport`.
+/// A provider builder for `client` at this provider, on the token transport that goes with
+/// `adapter`.
 fn oauth(
     builder: OAuthProviderBuilder,
     adapter: Adapter,
     client: &ClientReg,
-) -> OAuthProviderBuilder {
-    let builder = builder
+) -> OAuthProviderBuilder<SuppliedTransport> {
+    builder
         .client_id(client.id.as_str())
         .client_secret(client.secret.as_str())
-        .jitter(0.0);
-    match adapter {
-        Adapter::Tower => builder.transport(Arc::new(TowerTransport::<_, Full<Bytes>>::new(
-            http_client(),
-        ))),
-        Adapter::Reqwest => builder,
-    }
+        .jitter(0.0)
+        .transport(token_transport(adapter))
 }
 
 // ---- scenarios -------------------------------------------------------------------------------

@@ -17,14 +17,13 @@ use client_auth::{
     AccessToken, ApiKey, BoxError as CoreBoxError, ClientSecret, Credential, CustomerJwt,
     CustomerToken, Error, Generation, InvalidResponse, ManualClock, MemoryStore, OAuthProvider,
     OAuthProviderBuilder, RefreshToken, SecretString, SessionReason, SessionState, StaticToken,
-    StoredTokens, Tokens, TowerTransport,
+    StoredTokens, SuppliedTransport, Tokens,
 };
 use client_auth_reqwest::AuthorizationMiddleware;
 use client_auth_reqwest::reqwest_middleware;
 use client_auth_testkit::{Fault, ServerConfig, TestServer};
 use client_auth_tower::{AuthorizeLayer, RedirectPolicy};
 use http::{HeaderValue, StatusCode};
-use http_body_util::Full;
 use serde_json::json;
 use tower::{Layer, ServiceBuilder};
 use tower_http::follow_redirect::FollowRedirectLayer;
@@ -65,18 +64,21 @@ fn oauth_builder(
     client_secret: &str,
     clock: &ManualClock,
     transport: TokenTransport,
-) -> OAuthProviderBuilder {
-    let builder = OAuthProvider::refresh_token_grant(token_url)
+) -> OAuthProviderBuilder<SuppliedTransport> {
+    OAuthProvider::refresh_token_grant(token_url)
         .client_id("test-client")
         .client_secret(client_secret)
         .clock(Arc::new(clock.clone()))
-        .jitter(0.0);
-    match transport {
-        TokenTransport::Reqwest => builder,
-        TokenTransport::Tower => builder.transport(Arc::new(
-            TowerTransport::<_, Full<Bytes>>::new(http_client()),
-        )),
-    }
+        .jitter(0.0)
+        .transport(token_transport(transport))
+}
+
+/// The transport under test: reqwest's or tower's.
+fn token_transport(transport: TokenTransport) -> Arc<dyn client_auth::TokenTransport> {
+    adapters::token_transport(match transport {
+        TokenTransport::Reqwest => Adapter::Reqwest,
+        TokenTransport::Tower => Adapter::Tower,
+    })
 }
 
 /// A provider for a grant the server issued, holding a fresh access token (1 h).
@@ -1026,17 +1028,14 @@ struct SoakResult {
 
 async fn soak_one(adapter: Adapter, server: Arc<TestServer>, until: Instant) -> Arc<SoakResult> {
     let grant = server.issue_grant("alice", None);
-    let mut builder = OAuthProvider::refresh_token_grant(server.token_url())
+    let provider = OAuthProvider::refresh_token_grant(server.token_url())
         .client_id(server.client_id())
         .client_secret(server.client_secret().unwrap())
         .refresh_token(grant.refresh_token.as_str())
-        .jitter(0.0);
-    if adapter == Adapter::Tower {
-        builder = builder.transport(Arc::new(TowerTransport::<_, Full<Bytes>>::new(
-            http_client(),
-        )));
-    }
-    let provider = builder.build().unwrap();
+        .jitter(0.0)
+        .transport(adapters::token_transport(adapter))
+        .build()
+        .unwrap();
     let client = AuthClient::new(adapter, provider, &server.base_url());
     let result = Arc::new(SoakResult::default());
     let tasks: Vec<_> = (0..SOAK_CALLERS)

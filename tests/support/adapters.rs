@@ -4,10 +4,11 @@
 //! what it needs.
 #![allow(dead_code, reason = "each including test binary uses a different part")]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use client_auth::{AuthorizationProvider, Error};
+use client_auth::{AuthorizationProvider, Error, ReqwestTransport, TokenTransport, TowerTransport};
 use client_auth_reqwest::AuthorizationMiddleware;
 use client_auth_reqwest::reqwest_middleware::{self, ClientWithMiddleware};
 use client_auth_tower::{AuthorizeLayer, BoxError};
@@ -25,6 +26,19 @@ pub(crate) type TowerClient =
 
 pub(crate) fn http_client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>()
+}
+
+/// The token-endpoint transport that goes with `adapter`: the tower side asks the token
+/// endpoint through a hyper client (`TowerTransport`), the reqwest side through
+/// `ReqwestTransport` (with no proxy, as the builder's default is for loopback).
+pub(crate) fn token_transport(adapter: Adapter) -> Arc<dyn TokenTransport> {
+    match adapter {
+        Adapter::Tower => Arc::new(TowerTransport::<_, Full<Bytes>>::new(http_client())),
+        Adapter::Reqwest => Arc::new(
+            ReqwestTransport::from_client_builder(reqwest::Client::builder().no_proxy())
+                .expect("a reqwest client without TLS settings builds"),
+        ),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

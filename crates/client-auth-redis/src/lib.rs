@@ -142,13 +142,15 @@
     doc = "[encryption-key]: RedisStoreBuilder::encryption_key"
 )]
 #![cfg_attr(not(feature = "encryption"), doc = "[encryption-key]: #features")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use client_auth::{BoxFuture, RefreshLease, RefreshToken, StoreError, StoredTokens, TokenStore};
+use client_auth::adapter::BoxFuture;
+use client_auth::{RefreshLease, RefreshToken, StoreError, StoredTokens, TokenStore};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, RedisError, Script};
 use zeroize::Zeroizing;
@@ -472,6 +474,7 @@ impl RedisStoreBuilder {
     /// A store without a key refuses envelopes the same way. So enabling encryption, or
     /// changing the key, needs the sessions stored again (or a new [`prefix`](Self::prefix)).
     #[cfg(feature = "encryption")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
     pub fn encryption_key(mut self, key: [u8; 32]) -> Self {
         let mut key = key;
         self.encryption_key = Some(Zeroizing::new(key));
@@ -894,3 +897,7 @@ impl RefreshLease for RedisLease {
         })
     }
 }
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

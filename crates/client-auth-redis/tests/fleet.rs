@@ -18,10 +18,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use client_auth::{
-    AccessToken, BoxFuture, Error, FileStore, ManualClock, OAuthProvider, RefreshToken,
-    ReqwestTransport, StoredTokens, TokenStore, TokenTransport,
-};
+use client_auth::{AccessToken, Error, FileStore, ManualClock, OAuthProvider, RefreshToken, ReqwestTransport, StoredTokens, TokenStore, TokenTransport};
+use client_auth::adapter::BoxFuture;
 use client_auth_redis::RedisStore;
 use client_auth_testkit::{ServerConfig, TestServer};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};

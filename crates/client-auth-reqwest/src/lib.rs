@@ -21,7 +21,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! All authorization policy lives in `client-auth` ([`client_auth::plan_request`],
+//! All authorization policy lives in `client-auth` ([`client_auth::adapter::plan_request`],
 //! [`OriginPolicy`], the providers); this crate only runs it for reqwest.
 //!
 //! # What happens to a request
@@ -50,7 +50,7 @@
 //!    returns the 401; a session that ended comes back as an error. 403 (including
 //!    `insufficient_scope`) and every other status are returned untouched.
 //! 6. **Accepted.** Any other answer to a request it stamped that shows acceptance
-//!    ([`credential_accepted`](client_auth::credential_accepted): not 407, 429 or 5xx) is
+//!    ([`credential_accepted`](client_auth::adapter::credential_accepted): not 407, 429 or 5xx) is
 //!    reported to the provider
 //!    ([`AuthorizationProvider::on_accepted`](client_auth::AuthorizationProvider::on_accepted)):
 //!    the OAuth provider then knows that a later 401 for that token means it was revoked, and
@@ -171,6 +171,7 @@
 //! | `retry` | [`AuthRetryableStrategy`], a reqwest-retry 0.9 `RetryableStrategy` |
 //!
 //! None is on by default.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
 mod middleware;
@@ -185,6 +186,12 @@ pub use middleware::{AuthorizationMiddleware, AuthorizationMiddlewareBuilder};
 pub use redirect::{redirect_policy, same_origin_redirect_policy};
 pub use reqwest_middleware;
 #[cfg(feature = "retry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub use reqwest_retry;
 #[cfg(feature = "retry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub use retry::AuthRetryableStrategy;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -3,9 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use client_auth::adapter::{Plan, ProviderRef, credential_accepted, plan_request};
 use client_auth::{
-    AuthorizationProvider, AuthorizeFuture, Error, OriginPolicy, OriginPolicyBuilder, Plan,
-    ProviderRef, RequestView, Unauthorized, credential_accepted, plan_request,
+    AuthorizationProvider, AuthorizeFuture, Error, OriginPolicy, OriginPolicyBuilder, RequestView,
+    Unauthorized,
 };
 use http::header::AUTHORIZATION;
 use http::{Extensions, StatusCode};

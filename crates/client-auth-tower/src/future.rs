@@ -259,7 +259,7 @@ where
     if response.status() != StatusCode::UNAUTHORIZED {
         // The server took the credential: the provider learns that this token works, without
         // a lock or a copy.
-        if client_auth::credential_accepted(response.status()) {
+        if client_auth::adapter::credential_accepted(response.status()) {
             stamp.provider.on_accepted(&stamp.credential);
         }
         return ControlFlow::Break(response);

@@ -49,7 +49,7 @@
 //! # What happens to a request
 //!
 //! 1. The request's `Uri` (scheme, authority, path, query) and extensions are shown to
-//!    [`client_auth::plan_request`] without allocating. It passes the request through
+//!    [`client_auth::adapter::plan_request`] without allocating. It passes the request through
 //!    untouched when it goes to an origin you did not name, when the caller already set
 //!    `Authorization` (its 401 is returned unchanged too; a `DEBUG` event says so), or when
 //!    [`AuthorizationControl::Skip`] is in its extensions. A caller-set value that carries no
@@ -74,7 +74,7 @@
 //!    is returned unchanged and a `tracing` warning says the retry was skipped; the request
 //!    never fails up front because of its body.
 //! 5. Any other answer to a request it stamped that shows acceptance
-//!    ([`client_auth::credential_accepted`]: not 407, 429 or 5xx) is reported to the provider
+//!    ([`client_auth::adapter::credential_accepted`]: not 407, 429 or 5xx) is reported to the provider
 //!    ([`AuthorizationProvider::on_accepted`], no lock, no allocation): the OAuth provider then
 //!    knows that a later 401 for that token means it was revoked, and refreshes at once.
 //!
@@ -240,11 +240,13 @@
 //!
 //! [`AuthorizationProvider::can_recover`]: client_auth::AuthorizationProvider::can_recover
 //! [`AuthorizationProvider::on_accepted`]: client_auth::AuthorizationProvider::on_accepted
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
 mod future;
 mod layer;
 #[cfg(feature = "follow-redirect")]
+#[cfg_attr(docsrs, doc(cfg(feature = "follow-redirect")))]
 pub mod redirect;
 mod service;
 
@@ -255,8 +257,14 @@ pub use body::{CloneBody, CloneEmptyBody, CloneRequestBody, NeverClone};
 pub use future::ResponseFuture;
 pub use layer::{AuthorizeLayer, AuthorizeLayerBuilder};
 #[cfg(feature = "follow-redirect")]
+#[cfg_attr(docsrs, doc(cfg(feature = "follow-redirect")))]
 pub use redirect::RedirectPolicy;
 pub use service::Authorize;
 
-/// The error type of [`Authorize`]: the inner service's error or a [`client_auth::Error`].
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The error type of [`Authorize`] (the inner service's error or a [`client_auth::Error`]):
+/// the core's, the same type as tower's own `BoxError`.
+pub use client_auth::BoxError;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

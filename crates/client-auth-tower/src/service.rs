@@ -4,7 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use client_auth::{AuthorizationProvider, OriginPolicy, Plan, RequestView, plan_request};
+use client_auth::adapter::{Plan, plan_request};
+use client_auth::{AuthorizationProvider, OriginPolicy, RequestView};
 use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use tower_layer::Layer;

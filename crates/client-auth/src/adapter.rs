@@ -1,8 +1,17 @@
-//! The per-request decision both adapters share, so neither holds auth policy of its own.
+//! For authors of adapters, token stores and transports: the per-request decision both
+//! adapters share, the `WWW-Authenticate` parser they answer 401s with, and the boxed future
+//! the slow paths return. Applications need none of it: they use `client-auth-tower` or
+//! `client-auth-reqwest`.
+//!
+//! An adapter asks [`plan_request`] what to do with each request, stamps the credential of the
+//! provider it names, reports the answer with [`AuthorizationProvider::on_accepted`] (when
+//! [`credential_accepted`] says so) or [`AuthorizationProvider::on_unauthorized`] (a 401), and
+//! retries at most once when the provider hands back a new credential.
 //!
 //! ```
 //! use std::sync::Arc;
-//! use client_auth::{plan_request, OriginPolicy, Plan, RequestView, StaticToken};
+//! use client_auth::adapter::{plan_request, Plan};
+//! use client_auth::{OriginPolicy, RequestView, StaticToken};
 //! use http::{Extensions, HeaderValue, Method};
 //!
 //! let provider = Arc::new(StaticToken::api_key("k")?);
@@ -22,6 +31,8 @@
 //! ```
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -29,6 +40,13 @@ use http::HeaderValue;
 use crate::auth_header::carries_no_credentials;
 use crate::origin::OriginPolicy;
 use crate::provider::{AuthorizationControl, AuthorizationProvider, AuthorizeFuture, RequestView};
+pub use crate::www_authenticate::{
+    Challenge, bearer_error, is_insufficient_scope, parse_challenges, refresh_may_help,
+};
+
+/// A boxed, `Send` future: what the slow paths return (a refresh, a store call, a token
+/// request).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What to do with one request.
 pub enum Plan<'a, P> {
@@ -96,7 +114,7 @@ impl<P: AuthorizationProvider> ProviderRef<'_, P> {
 /// gateway or a rate limiter that never looked at the credential).
 ///
 /// ```
-/// use client_auth::credential_accepted;
+/// use client_auth::adapter::credential_accepted;
 /// use http::StatusCode;
 ///
 /// assert!(credential_accepted(StatusCode::OK));

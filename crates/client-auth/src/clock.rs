@@ -1,7 +1,4 @@
 //! Time, injected: a monotonic instant for decisions, UNIX time for stores, and a sleep.
-//!
-//! Production code uses [`SystemClock`]. Tests use `ManualClock` (feature `test-util`) and move
-//! time forward with `advance` instead of sleeping until a token expires.
 
 use std::fmt;
 use std::sync::Arc;
@@ -14,6 +11,9 @@ use crate::BoxFuture;
 /// `now` drives every expiry decision (it must be monotonic); `unix_now` is what gets written to
 /// a [`TokenStore`](crate::TokenStore), which may be shared with other processes; `sleep` is used
 /// for retry delays.
+///
+/// Production code uses [`SystemClock`]. Tests use `ManualClock` (feature `test-util`) and move
+/// time forward with `advance` instead of sleeping until a token expires.
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// The current monotonic instant.
     fn now(&self) -> Instant;

@@ -1,29 +1,4 @@
 //! A token store in files, shared by the processes of one host (feature `file-store`).
-//!
-//! One JSON file per namespace ([`StoredTokens::to_json`]) in one directory. Writes are
-//! atomic: a temporary file in the same directory is written, flushed to disk, renamed over the
-//! old file, and the directory is flushed, so a reader never sees half a file and a crash never
-//! leaves a torn one. Files are created with mode `0600` and the directory (when this store
-//! creates it) with `0700` on unix.
-//!
-//! The refresh lease is an advisory lock (`flock` on unix, `LockFileEx` on Windows) on a
-//! separate `<name>.lock` file, held across "re-read, refresh if still needed, write": several
-//! processes refresh one rotating refresh token once. The operating system drops the lock when
-//! its holder dies, so a crashed holder never blocks the others, and holds it for as long as
-//! the holder lives: the lease has no ttl to extend, and [`RefreshLease::renew`] is the
-//! trait's default, which does nothing.
-//!
-//! [`clear_if_refresh_token`](TokenStore::clear_if_refresh_token) (compare-and-delete) is
-//! atomic across the processes of the host: it reads, compares and removes the file under a
-//! second advisory lock, on `<name>.write.lock`, which every save also takes around its rename.
-//! So a refresh token that another process saved meanwhile is never removed. That lock is held
-//! for a few file operations only, never across a token request, and is separate from the
-//! lease, so a process holding the lease can call it.
-//!
-//! Every operation opens the directory once, checks the opened directory (owned by the
-//! effective uid, no group or other write bit, on unix) and works relative to that handle
-//! only; it opens every file without following a symbolic link (`O_NOFOLLOW` on unix) and
-//! refuses a file that others could write: see "Permissions" on [`FileStore`].
 
 use std::fmt;
 #[cfg(not(unix))]
@@ -123,6 +98,31 @@ const WRITE_LOCK_WAIT: Duration = Duration::from_secs(5);
 /// so a path switched to another directory in between is followed. A symbolic link is refused
 /// by a check just before the file is opened: a link created between that check and the open
 /// would be followed (creating one needs the symbolic-link privilege or developer mode).
+///
+/// One JSON file per namespace ([`StoredTokens::to_json`]) in one directory. Writes are
+/// atomic: a temporary file in the same directory is written, flushed to disk, renamed over the
+/// old file, and the directory is flushed, so a reader never sees half a file and a crash never
+/// leaves a torn one. Files are created with mode `0600` and the directory (when this store
+/// creates it) with `0700` on unix.
+///
+/// The refresh lease is an advisory lock (`flock` on unix, `LockFileEx` on Windows) on a
+/// separate `<name>.lock` file, held across "re-read, refresh if still needed, write": several
+/// processes refresh one rotating refresh token once. The operating system drops the lock when
+/// its holder dies, so a crashed holder never blocks the others, and holds it for as long as
+/// the holder lives: the lease has no ttl to extend, and [`RefreshLease::renew`] is the
+/// trait's default, which does nothing.
+///
+/// [`clear_if_refresh_token`](TokenStore::clear_if_refresh_token) (compare-and-delete) is
+/// atomic across the processes of the host: it reads, compares and removes the file under a
+/// second advisory lock, on `<name>.write.lock`, which every save also takes around its rename.
+/// So a refresh token that another process saved meanwhile is never removed. That lock is held
+/// for a few file operations only, never across a token request, and is separate from the
+/// lease, so a process holding the lease can call it.
+///
+/// Every operation opens the directory once, checks the opened directory (owned by the
+/// effective uid, no group or other write bit, on unix) and works relative to that handle
+/// only; it opens every file without following a symbolic link (`O_NOFOLLOW` on unix) and
+/// refuses a file that others could write: see "Permissions" on [`FileStore`].
 #[derive(Clone)]
 pub struct FileStore {
     dir: PathBuf,

@@ -1,39 +1,4 @@
 //! HS256 customer-token signer for backends (features `jwt-aws-lc-rs` / `jwt-rust-crypto`).
-//!
-//! [`CustomerTokenSigner`] mints the customer JWTs that a [`CustomerToken`](crate::CustomerToken)
-//! callback hands out, the way customer tokens of such APIs look:
-//!
-//! - header `{"alg":"HS256","typ":"JWT","kid":KEY_ID}`;
-//! - claims `{"sub":{CUSTOMER_IDS},"iat":NOW,"exp":NOW+LIFETIME}` (`exp` only when a lifetime
-//!   is given). `sub` is an object of customer ids (`{"registered":"c-42"}`), not the string
-//!   RFC 7519 describes: that is what these APIs expect.
-//!
-//! It signs through the backend you choose ([`JwtBackend`]), never through `jsonwebtoken`'s
-//! process-wide default provider, so both features may be on at once.
-//!
-//! Sign only in trusted backends: whoever holds the secret can mint a token for any customer.
-//!
-//! ```
-//! use std::time::Duration;
-//! use client_auth::{BoxError, CustomerToken, CustomerTokenSigner};
-//!
-//! # fn main() -> Result<(), client_auth::Error> {
-//! let signer = CustomerTokenSigner::hs256("key-2024", b"a secret of at least 32 bytes....".to_vec())?;
-//!
-//! let mut ids = serde_json::Map::new();
-//! ids.insert("registered".into(), "customer-42".into());
-//! let token = signer.sign(&ids, Some(Duration::from_secs(600)))?;
-//! assert_eq!(token.expose_secret().split('.').count(), 3);
-//!
-//! // Serve it through a provider (a real one would sign for the current customer).
-//! let provider = CustomerToken::from_fn(move || {
-//!     let token = signer.sign(&ids, Some(Duration::from_secs(600)));
-//!     async move { Ok::<_, BoxError>(Some(token?.expose_secret().to_owned())) }
-//! })
-//! .cache(true);
-//! # let _ = provider;
-//! # Ok(()) }
-//! ```
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -110,6 +75,32 @@ impl JwtBackend {
 /// let a = signer.sign_at(&ids, Some(Duration::from_secs(600)), issued)?;
 /// let b = signer.sign_at(&ids, Some(Duration::from_secs(600)), issued)?;
 /// assert_eq!(a, b);
+/// # Ok(()) }
+/// ```
+///
+/// # Serving the tokens
+///
+/// A [`CustomerToken`](crate::CustomerToken) callback hands them out:
+///
+/// ```
+/// use std::time::Duration;
+/// use client_auth::{BoxError, CustomerToken, CustomerTokenSigner};
+///
+/// # fn main() -> Result<(), client_auth::Error> {
+/// let signer = CustomerTokenSigner::hs256("key-2024", b"a secret of at least 32 bytes....".to_vec())?;
+///
+/// let mut ids = serde_json::Map::new();
+/// ids.insert("registered".into(), "customer-42".into());
+/// let token = signer.sign(&ids, Some(Duration::from_secs(600)))?;
+/// assert_eq!(token.expose_secret().split('.').count(), 3);
+///
+/// // Serve it through a provider (a real one would sign for the current customer).
+/// let provider = CustomerToken::from_fn(move || {
+///     let token = signer.sign(&ids, Some(Duration::from_secs(600)));
+///     async move { Ok::<_, BoxError>(Some(token?.expose_secret().to_owned())) }
+/// })
+/// .cache(true);
+/// # let _ = provider;
 /// # Ok(()) }
 /// ```
 ///

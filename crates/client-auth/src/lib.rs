@@ -1,17 +1,50 @@
 //! Outbound authorization for HTTP clients, done right.
 //!
-//! `client-auth` supplies the `Authorization` header for requests your service sends to APIs
-//! protected by API keys, OAuth 2.0 access tokens or per-customer JWTs. This core crate knows
-//! no HTTP client: the adapters `client-auth-tower` (a tower `Layer`) and
-//! `client-auth-reqwest` (a reqwest-middleware `Middleware`) run its providers.
+//! `client-auth` puts the `Authorization` header on the requests your service or SDK sends to
+//! APIs protected by API keys, OAuth 2.0 access tokens or per-customer JWTs: refreshed ahead of
+//! expiry with exactly one refresh in flight, recovered on a 401, sent only to the origins you
+//! name, and never written to a log.
 //!
-//! - [`AuthorizationProvider`]: the one trait every provider implements, dyn-compatible.
+//! # Add it to your client
+//!
+//! Pick a provider from this crate and hand it to the adapter of your HTTP client:
+//! `client-auth-reqwest` (a reqwest-middleware `Middleware`) or `client-auth-tower` (a tower
+//! `Layer` for hyper and any `Service<http::Request<B>>`).
+//!
+//! ```ignore
+//! // With reqwest (client-auth-reqwest); its docs carry this example compiled.
+//! let provider = OAuthProvider::client_credentials("https://auth.example.com/oauth/token")
+//!     .client_id("my-service")
+//!     .client_secret("s3cret")
+//!     .build()?;
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(
+//!         AuthorizationMiddleware::builder(provider)
+//!             .allow_origin("https://api.example.com") // credentials go only here
+//!             .build()?,
+//!     )
+//!     .build();
+//!
+//! // With tower (client-auth-tower): the same provider, as a layer.
+//! let client = tower::ServiceBuilder::new()
+//!     .layer(AuthorizeLayer::builder(provider).allow_origin("https://api.example.com").build()?)
+//!     .service(hyper_client);
+//! ```
+//!
+//! # Providers
+//!
 //! - [`StaticToken`]: a fixed API key (`Token KEY`), bearer token or basic credentials.
 //! - [`OAuthProvider`]: OAuth 2.0 `refresh_token` and `client_credentials` grants with a
-//!   single-flight token cache: lock-free reads, refresh ahead of expiry with exactly one refresh
-//!   in flight, 401 recovery, backoff, and a session that ends cleanly on `invalid_grant`.
-//! - [`CustomerToken`]: a callback asked per request for a customer JWT, with an optional cache
-//!   and an HS256 signer for backends (features `jwt-aws-lc-rs` / `jwt-rust-crypto`).
+//!   single-flight token cache: lock-free reads, refresh ahead of expiry, 401 recovery,
+//!   backoff, and a session that ends cleanly on `invalid_grant` ([`SessionState`]).
+//! - [`CustomerToken`]: a callback asked per request for a customer JWT, with an optional cache,
+//!   and [`CustomerTokenSigner`] to mint HS256 customer tokens in a backend.
+//! - Your own: implement [`AuthorizationProvider`] (dyn-compatible).
+//!
+//! Tokens persist in a [`TokenStore`]: [`MemoryStore`] (the default), `FileStore` for the
+//! processes of one host, or `RedisStore` (crate `client-auth-redis`) for a fleet.
+//!
+//! A provider can be used without an adapter too, to set headers by hand:
 //!
 //! ```
 //! use client_auth::{AuthorizationProvider, RequestView, StaticToken};
@@ -37,16 +70,34 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `reqwest` | [`ReqwestTransport`]: the token-endpoint transport on reqwest, the builder's default |
+//! | `reqwest` | [`ReqwestTransport`]: the token-endpoint transport on reqwest, the builder's default. It uses the TLS backend your reqwest has. |
+//! | `rustls` | `reqwest` with reqwest's `rustls` TLS backend |
+//! | `native-tls` | `reqwest` with reqwest's `native-tls` TLS backend |
 //! | `tower` | [`TowerTransport`]: the token-endpoint transport on any `tower_service::Service` |
 //! | `jwt-aws-lc-rs` | [`CustomerTokenSigner`] signing through aws-lc-rs |
 //! | `jwt-rust-crypto` | [`CustomerTokenSigner`] signing through RustCrypto |
-//! | `file-store` | `FileStore`: a token store in files with an advisory refresh lock, for processes on one host |
+//! | `file-store` | [`FileStore`]: a token store in files with an advisory refresh lock, for processes on one host |
 //! | `test-util` | [`ManualClock`], a clock tests move by hand |
 //!
-//! None is on by default.
+//! None is on by default. An [`OAuthProvider`] needs a way to reach its token endpoint: with
+//! none of `reqwest`, `rustls` and `native-tls` on, [`OAuthProviderBuilder::build`] only exists
+//! after [`OAuthProviderBuilder::transport`], so a provider without one does not compile.
+//!
+//! # TLS
+//!
+//! TLS is your application's choice. Feature `reqwest` turns on no TLS backend of its own:
+//! reqwest's features are shared by everything in your build, so the token requests use the
+//! backend your own reqwest has (reqwest's default features bring rustls). If your reqwest has
+//! none (`default-features = false`), turn on `rustls` or `native-tls` here; without any, only
+//! `http://` token endpoints on loopback work, and an `https://` one fails with a transport
+//! error.
+//!
+//! # For adapter authors
+//!
+//! The plumbing the adapters share lives in [`adapter`].
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod adapter;
+pub mod adapter;
 mod auth_header;
 mod clock;
 mod customer;
@@ -66,14 +117,9 @@ mod static_token;
 mod store;
 mod www_authenticate;
 
-use std::future::Future;
-use std::pin::Pin;
-
-/// A boxed, `Send` future: what the slow paths return.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-pub use adapter::{Plan, ProviderRef, credential_accepted, plan_request};
+pub(crate) use adapter::BoxFuture;
 #[cfg(any(test, feature = "test-util"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub use clock::ManualClock;
 pub use clock::{Clock, SystemClock};
 pub use customer::*;
@@ -82,14 +128,24 @@ pub use error::{
     TransportErrorKind, auth_error,
 };
 #[cfg(feature = "file-store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "file-store")))]
 pub use file_store::FileStore;
 #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto")))
+)]
 pub use jwt::*;
 #[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub use oauth::ReqwestTransport;
 #[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use oauth::TowerTransport;
-pub use oauth::{ClientAuth, OAuthProvider, OAuthProviderBuilder, TokenTransport, Tokens};
+pub use oauth::{
+    ClientAuth, DefaultTransport, OAuthProvider, OAuthProviderBuilder, SuppliedTransport,
+    TokenTransport, Tokens, TransportChoice,
+};
 pub use origin::{OriginPolicy, OriginPolicyBuilder};
 pub use provider::{
     AuthorizationControl, AuthorizationProvider, AuthorizeFuture, Credential, Generation,
@@ -99,6 +155,7 @@ pub use secret::{AccessToken, ApiKey, ClientSecret, CustomerJwt, RefreshToken, S
 pub use session::{SessionReason, SessionState, SessionWatch};
 pub use static_token::StaticToken;
 pub use store::{MemoryStore, RefreshLease, StoredTokens, TokenStore};
-pub use www_authenticate::{
-    Challenge, bearer_error, is_insufficient_scope, parse_challenges, refresh_may_help,
-};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

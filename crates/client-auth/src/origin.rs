@@ -1,47 +1,4 @@
 //! Which origins receive credentials.
-//!
-//! Credentials go only to origins the user named. Building a policy that names none is an
-//! error, not a silently header-less client; `http://` origins need an explicit opt-in.
-//!
-//! ```
-//! use client_auth::OriginPolicy;
-//!
-//! let policy = OriginPolicy::builder()
-//!     .allow_origin("https://api.example.com")
-//!     .allow_origin("https://uploads.example.com:8443")
-//!     .build()?;
-//! assert!(policy.allows("https", "api.example.com"));
-//! assert!(policy.allows("https", "API.example.com:443"));
-//! assert!(!policy.allows("http", "api.example.com"));
-//! assert!(!policy.allows("https", "evil.example.com"));
-//!
-//! // Naming no origin is an error.
-//! assert!(OriginPolicy::builder().build().is_err());
-//! // So is a plain-http origin without the opt-in.
-//! assert!(OriginPolicy::builder().allow_origin("http://localhost:8080").build().is_err());
-//! # Ok::<(), client_auth::Error>(())
-//! ```
-//!
-//! # Relative URIs
-//!
-//! A request whose URI is relative (`/v1/items`, no scheme and host) has no origin, so it never
-//! gets a credential; the first one each policy sees is logged at WARN. Such requests reach a
-//! tower layer placed outside (before) a layer that sets the base URI, as SDKs built on tower
-//! do. Place the authorization layer inside it, where URIs are absolute, or name the origin
-//! they are meant for:
-//!
-//! ```
-//! use client_auth::OriginPolicy;
-//!
-//! let policy = OriginPolicy::builder()
-//!     .allow_origin("https://api.example.com")
-//!     .resolve_relative_to("https://api.example.com")
-//!     .build()?;
-//! let mut uri: http::Uri = "/v1/items?page=2".parse().unwrap();
-//! assert!(policy.resolve_relative(&mut uri));
-//! assert_eq!(uri, "https://api.example.com/v1/items?page=2");
-//! # Ok::<(), client_auth::Error>(())
-//! ```
 
 use std::fmt;
 use std::sync::Arc;
@@ -78,6 +35,49 @@ impl Origin {
 
 /// The origins that receive credentials. Cheap to clone; clones share the once-only warning
 /// about relative URIs.
+///
+/// Credentials go only to origins the user named. Building a policy that names none is an
+/// error, not a silently header-less client; `http://` origins need an explicit opt-in.
+///
+/// ```
+/// use client_auth::OriginPolicy;
+///
+/// let policy = OriginPolicy::builder()
+///     .allow_origin("https://api.example.com")
+///     .allow_origin("https://uploads.example.com:8443")
+///     .build()?;
+/// assert!(policy.allows("https", "api.example.com"));
+/// assert!(policy.allows("https", "API.example.com:443"));
+/// assert!(!policy.allows("http", "api.example.com"));
+/// assert!(!policy.allows("https", "evil.example.com"));
+///
+/// // Naming no origin is an error.
+/// assert!(OriginPolicy::builder().build().is_err());
+/// // So is a plain-http origin without the opt-in.
+/// assert!(OriginPolicy::builder().allow_origin("http://localhost:8080").build().is_err());
+/// # Ok::<(), client_auth::Error>(())
+/// ```
+///
+/// # Relative URIs
+///
+/// A request whose URI is relative (`/v1/items`, no scheme and host) has no origin, so it never
+/// gets a credential; the first one each policy sees is logged at WARN. Such requests reach a
+/// tower layer placed outside (before) a layer that sets the base URI, as SDKs built on tower
+/// do. Place the authorization layer inside it, where URIs are absolute, or name the origin
+/// they are meant for:
+///
+/// ```
+/// use client_auth::OriginPolicy;
+///
+/// let policy = OriginPolicy::builder()
+///     .allow_origin("https://api.example.com")
+///     .resolve_relative_to("https://api.example.com")
+///     .build()?;
+/// let mut uri: http::Uri = "/v1/items?page=2".parse().unwrap();
+/// assert!(policy.resolve_relative(&mut uri));
+/// assert_eq!(uri, "https://api.example.com/v1/items?page=2");
+/// # Ok::<(), client_auth::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct OriginPolicy {
     origins: Arc<[Origin]>,

@@ -339,7 +339,7 @@ pub trait AuthorizationProvider: Send + Sync + 'static {
     }
 
     /// The server answered a request sent with `credential` in a way that shows it accepted the
-    /// credential ([`credential_accepted`](crate::credential_accepted): anything but 401, 407,
+    /// credential ([`credential_accepted`](crate::adapter::credential_accepted): anything but 401, 407,
     /// 429 and 5xx). Adapters call this for every such response, so it must be
     /// cheap (no lock, no allocation). The OAuth provider uses it to tell a token the server
     /// later revoked (refresh at once) from one it never accepted (refresh with a growing

@@ -1,17 +1,17 @@
 //! Session state, published on a `watch` channel.
-//!
-//! ```
-//! use client_auth::{SessionReason, SessionState, SessionWatch};
-//!
-//! let session = SessionWatch::new(SessionState::Unknown);
-//! let mut rx = session.subscribe();
-//! session.set(SessionState::NoSession(SessionReason::Logout));
-//! assert_eq!(*rx.borrow_and_update(), SessionState::NoSession(SessionReason::Logout));
-//! ```
 
 use tokio::sync::watch;
 
 /// Whether there is a session, and why.
+///
+/// ```
+/// use client_auth::{SessionReason, SessionState, SessionWatch};
+///
+/// let session = SessionWatch::new(SessionState::Unknown);
+/// let mut rx = session.subscribe();
+/// session.set(SessionState::NoSession(SessionReason::Logout));
+/// assert_eq!(*rx.borrow_and_update(), SessionState::NoSession(SessionReason::Logout));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SessionState {

@@ -1,16 +1,4 @@
 //! A fixed credential: an API key, a bearer token or basic credentials.
-//!
-//! ```
-//! use client_auth::{AuthorizationProvider, StaticToken};
-//!
-//! // The `Token` scheme many APIs use: `Authorization: Token API_KEY`.
-//! let key = StaticToken::api_key("my-api-key")?;
-//! assert!(!key.can_recover());
-//!
-//! // Invalid header characters are an error, never a panic.
-//! assert!(StaticToken::bearer("line\nbreak").is_err());
-//! # Ok::<(), client_auth::Error>(())
-//! ```
 
 use std::fmt;
 
@@ -26,6 +14,18 @@ use crate::provider::{
 /// A provider that always sends the same `Authorization` value and never retries a 401.
 ///
 /// It costs what tower-http's `AddAuthorization` costs: one header-value clone per request.
+///
+/// ```
+/// use client_auth::{AuthorizationProvider, StaticToken};
+///
+/// // The `Token` scheme many APIs use: `Authorization: Token API_KEY`.
+/// let key = StaticToken::api_key("my-api-key")?;
+/// assert!(!key.can_recover());
+///
+/// // Invalid header characters are an error, never a panic.
+/// assert!(StaticToken::bearer("line\nbreak").is_err());
+/// # Ok::<(), client_auth::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct StaticToken {
     credential: Credential,

@@ -1,24 +1,4 @@
 //! Where tokens live between refreshes, and between processes.
-//!
-//! A [`TokenStore`] is keyed by a namespace (one per provider: a user, a tenant, a client).
-//! Expiry is stored as UNIX time because a store may be shared by processes that do not
-//! share a monotonic clock. [`MemoryStore`] keeps tokens in this process.
-//!
-//! ```
-//! use client_auth::{MemoryStore, RefreshToken, StoredTokens, TokenStore};
-//!
-//! # async fn demo() -> Result<(), client_auth::StoreError> {
-//! let store = MemoryStore::new();
-//! let tokens = StoredTokens {
-//!     refresh_token: Some(RefreshToken::new("rt")),
-//!     ..StoredTokens::default()
-//! };
-//! store.save("user-42", &tokens).await?;
-//! assert!(store.load("user-42").await?.is_some());
-//! store.clear("user-42").await?;
-//! assert!(store.load("user-42").await?.is_none());
-//! # Ok(()) }
-//! ```
 
 use std::collections::HashMap;
 use std::fmt;
@@ -180,6 +160,26 @@ pub trait RefreshLease: Send + Sync + fmt::Debug {
 ///
 /// Implementations must not log token values. All methods are async so that network and file
 /// stores fit; the in-memory store answers at once.
+///
+/// A [`TokenStore`] is keyed by a namespace (one per provider: a user, a tenant, a client).
+/// Expiry is stored as UNIX time because a store may be shared by processes that do not
+/// share a monotonic clock. [`MemoryStore`] keeps tokens in this process.
+///
+/// ```
+/// use client_auth::{MemoryStore, RefreshToken, StoredTokens, TokenStore};
+///
+/// # async fn demo() -> Result<(), client_auth::StoreError> {
+/// let store = MemoryStore::new();
+/// let tokens = StoredTokens {
+///     refresh_token: Some(RefreshToken::new("rt")),
+///     ..StoredTokens::default()
+/// };
+/// store.save("user-42", &tokens).await?;
+/// assert!(store.load("user-42").await?.is_some());
+/// store.clear("user-42").await?;
+/// assert!(store.load("user-42").await?.is_none());
+/// # Ok(()) }
+/// ```
 pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// The tokens stored under `namespace`, if any.
     fn load<'a>(

@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use bytes::Bytes;
+use client_auth::adapter::BoxFuture;
 use client_auth::{
-    AccessToken, AuthorizationProvider, BoxFuture, Credential, Error, ManualClock, MemoryStore,
-    OAuthProvider, OAuthProviderBuilder, RefreshLease, RefreshToken, RequestView, SessionReason,
-    SessionState, StoreError, StoredTokens, TokenStore, TokenTransport, Tokens, Unauthorized,
+    AccessToken, AuthorizationProvider, Credential, Error, ManualClock, MemoryStore, OAuthProvider,
+    OAuthProviderBuilder, RefreshLease, RefreshToken, RequestView, SessionReason, SessionState,
+    StoreError, StoredTokens, SuppliedTransport, TokenStore, TokenTransport, Tokens, Unauthorized,
 };
 use http::{Extensions, HeaderMap, Method, StatusCode};
 use tokio::sync::Notify;
@@ -424,7 +425,10 @@ fn probed_runtime(probe: &Arc<Probe>) -> tokio::runtime::Runtime {
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn builder(endpoint: &Arc<Endpoint>, clock: &ManualClock) -> OAuthProviderBuilder {
+fn builder(
+    endpoint: &Arc<Endpoint>,
+    clock: &ManualClock,
+) -> OAuthProviderBuilder<SuppliedTransport> {
     OAuthProvider::refresh_token_grant(TOKEN_URL)
         .client_id("client")
         .client_secret("cs-SECRET-client")

@@ -42,11 +42,12 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use client_auth::adapter::BoxFuture;
 use client_auth::{
-    AccessToken, AuthorizationControl, AuthorizationProvider, BoxFuture, Clock, Credential, Error,
+    AccessToken, AuthorizationControl, AuthorizationProvider, Clock, Credential, Error,
     ManualClock, OAuthProvider, OAuthProviderBuilder, RefreshToken, RequestView, SessionReason,
-    SessionState, StoreError, StoredTokens, TokenStore, TokenTransport, Tokens, TransportError,
-    TransportErrorKind, Unauthorized,
+    SessionState, StoreError, StoredTokens, SuppliedTransport, TokenStore, TokenTransport, Tokens,
+    TransportError, TransportErrorKind, Unauthorized,
 };
 use http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode};
 use proptest::prelude::*;
@@ -708,7 +709,11 @@ const SHORT_SLEEP: Duration = Duration::from_secs(1);
 // Helpers shared by the model and the regression tests
 // ---------------------------------------------------------------------------------------------
 
-fn builder(gate: &Gate, store: &Arc<ModelStore>, clock: Arc<dyn Clock>) -> OAuthProviderBuilder {
+fn builder(
+    gate: &Gate,
+    store: &Arc<ModelStore>,
+    clock: Arc<dyn Clock>,
+) -> OAuthProviderBuilder<SuppliedTransport> {
     OAuthProvider::refresh_token_grant(TOKEN_URL)
         .client_id("model-client")
         .transport(Arc::new(gate.clone()))

@@ -6,11 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use client_auth::{
-    AccessToken, AuthorizationProvider, BoxFuture, Credential, Error, ManualClock, MemoryStore,
-    OAuthProvider, OAuthProviderBuilder, RefreshToken, RequestView, SessionReason, SessionState,
-    StoreError, StoredTokens, TokenStore, Tokens, Unauthorized,
-};
+use client_auth::{AccessToken, AuthorizationProvider, Credential, Error, ManualClock, MemoryStore, OAuthProvider, OAuthProviderBuilder, RefreshToken, RequestView, SessionReason, SessionState, StoreError, StoredTokens, TokenStore, Tokens, Unauthorized};
+use client_auth::adapter::BoxFuture;
 use client_auth_testkit::{Fault, ServerConfig, TestServer};
 use http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::sync::Notify;

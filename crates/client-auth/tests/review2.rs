@@ -15,11 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use client_auth::adapter::BoxFuture;
 use client_auth::{
-    AccessToken, AuthorizationProvider, BoxError, BoxFuture, CustomerToken, CustomerTokenFuture,
+    AccessToken, AuthorizationProvider, BoxError, CustomerToken, CustomerTokenFuture,
     CustomerTokenSource, Error, FileStore, ManualClock, MemoryStore, OAuthProvider,
     OAuthProviderBuilder, RefreshToken, RequestView, SessionReason, StoreError, StoredTokens,
-    TokenStore, TokenTransport, Tokens,
+    SuppliedTransport, TokenStore, TokenTransport, Tokens,
 };
 use http::{Extensions, Method};
 use tokio::sync::Notify;
@@ -144,7 +145,10 @@ impl TokenStore for HoldingStore {
     }
 }
 
-fn builder(endpoint: &Arc<Endpoint>, clock: &ManualClock) -> OAuthProviderBuilder {
+fn builder(
+    endpoint: &Arc<Endpoint>,
+    clock: &ManualClock,
+) -> OAuthProviderBuilder<SuppliedTransport> {
     OAuthProvider::refresh_token_grant(TOKEN_URL)
         .client_id("client")
         .client_secret("cs-SECRET")

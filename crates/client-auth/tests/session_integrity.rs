@@ -12,10 +12,11 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use client_auth::adapter::BoxFuture;
 use client_auth::{
-    AccessToken, AuthorizationProvider, BoxFuture, Credential, Error, ManualClock, MemoryStore,
-    OAuthProvider, OAuthProviderBuilder, RefreshLease, RefreshToken, RequestView, StoreError,
-    StoredTokens, TokenStore, TokenTransport, Tokens, Unauthorized,
+    AccessToken, AuthorizationProvider, Credential, Error, ManualClock, MemoryStore, OAuthProvider,
+    OAuthProviderBuilder, RefreshLease, RefreshToken, RequestView, StoreError, StoredTokens,
+    SuppliedTransport, TokenStore, TokenTransport, Tokens, Unauthorized,
 };
 use http::{Extensions, HeaderMap, Method, StatusCode};
 
@@ -215,7 +216,7 @@ impl TokenStore for FaultyStore {
     }
 }
 
-fn builder(script: &Arc<Script>, clock: &ManualClock) -> OAuthProviderBuilder {
+fn builder(script: &Arc<Script>, clock: &ManualClock) -> OAuthProviderBuilder<SuppliedTransport> {
     OAuthProvider::refresh_token_grant("https://auth.example.com/token")
         .client_id("client")
         .client_secret("secret")

@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use client_auth::adapter::BoxFuture;
 use client_auth::{
-    BoxFuture, Error, OAuthProvider, OAuthProviderBuilder, ReqwestTransport, TokenTransport,
-    TransportError, TransportErrorKind,
+    Error, OAuthProvider, OAuthProviderBuilder, ReqwestTransport, TokenTransport, TransportError,
+    TransportErrorKind,
 };
 use client_auth_testkit::{Fault, TestServer};
 use http::StatusCode;
@@ -59,11 +60,12 @@ async fn token_endpoint_redirects_never_reach_the_target_with_any_reqwest_config
         let status = StatusCode::from_u16(status).unwrap();
         for (what, transport) in reqwest_configurations() {
             endpoint.push_fault(Fault::status(status).header("location", target.token_url()));
-            let mut builder = refresh_builder(endpoint.token_url());
-            if let Some(transport) = transport {
-                builder = builder.transport(Arc::new(transport));
+            let builder = refresh_builder(endpoint.token_url());
+            let provider = match transport {
+                Some(transport) => builder.transport(Arc::new(transport)).build(),
+                None => builder.build(),
             }
-            let provider = builder.build().unwrap();
+            .unwrap();
 
             let err = provider.access_token().await.unwrap_err();
 
@@ -87,12 +89,12 @@ async fn revocation_redirects_never_reach_the_target() {
         let status = StatusCode::from_u16(status).unwrap();
         for (what, transport) in reqwest_configurations() {
             endpoint.push_fault(Fault::status(status).header("location", target.token_url()));
-            let mut builder =
-                refresh_builder(target.token_url()).revocation_url(endpoint.token_url());
-            if let Some(transport) = transport {
-                builder = builder.transport(Arc::new(transport));
+            let builder = refresh_builder(target.token_url()).revocation_url(endpoint.token_url());
+            let provider = match transport {
+                Some(transport) => builder.transport(Arc::new(transport)).build(),
+                None => builder.build(),
             }
-            let provider = builder.build().unwrap();
+            .unwrap();
 
             let err = provider.logout().await.unwrap_err();
 

@@ -1,49 +1,4 @@
-//! Customer tokens: a callback asked for the current customer's JWT.
-//!
-//! [`CustomerToken`] asks a callback of yours for the token of the customer a request is sent
-//! for (as SDKs of customer-facing APIs do) and sends it as `Authorization: Bearer TOKEN`. The callback
-//! answers `Ok(Some(token))`, `Ok(None)` when there is no customer (the request is then **not
-//! sent**: the adapter gets [`Error::NoCredentials`]), or an error ([`Error::Callback`]).
-//!
-//! Three forms of callback:
-//! - [`CustomerToken::from_fn`]: an async closure.
-//! - [`CustomerToken::from_blocking_fn`]: a blocking closure, run on tokio's blocking pool
-//!   (`spawn_blocking`).
-//! - [`CustomerToken::new`]: a [`CustomerTokenSource`], which sees the request (a customer id
-//!   in its extensions, say).
-//!
-//! By default the callback is asked for every request. [`CustomerToken::cache`] keeps the
-//! token until shortly before its `exp` claim instead, and concurrent requests share one
-//! callback call, run on a task of its own and given at most
-//! [`callback_timeout`](CustomerToken::callback_timeout) (5 s by default);
-//! [`CustomerToken::invalidate`] drops the token when the customer changes.
-//!
-//! ```
-//! use client_auth::{AuthorizationProvider, BoxError, CustomerToken, RequestView};
-//! use http::{Extensions, Method};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), client_auth::Error> {
-//! // A real callback would read the signed-in customer's token from your session.
-//! let provider = CustomerToken::from_fn(|| async {
-//!     Ok::<_, BoxError>(Some("eyJhbGciOiJIUzI1NiJ9.e30.c2ln".to_owned()))
-//! })
-//! .cache(true);
-//!
-//! let extensions = Extensions::new();
-//! let request = RequestView::new(&Method::GET, "https", "api.example.com", "/v1/me", None, &extensions);
-//! let credential = provider.authorize(&request).await?;
-//! assert_eq!(credential.header_value(), "Bearer eyJhbGciOiJIUzI1NiJ9.e30.c2ln");
-//! assert!(credential.header_value().is_sensitive());
-//!
-//! // No customer: the request must not be sent.
-//! let anonymous = CustomerToken::from_fn(|| async { Ok::<_, BoxError>(None) });
-//! assert!(matches!(
-//!     anonymous.authorize(&request).await,
-//!     Err(client_auth::Error::NoCredentials)
-//! ));
-//! # Ok(()) }
-//! ```
+//! Customer tokens: a callback asked for the current customer's JWT ([`CustomerToken`]).
 
 mod cache;
 mod claims;
@@ -72,6 +27,14 @@ pub(crate) use self::claims::jwt_expiry;
 pub use self::source::{BoxError, CustomerTokenFuture, CustomerTokenSource};
 
 /// A provider that asks a callback for the current customer's token.
+///
+/// It asks a callback of yours for the token of the customer a request is sent for (as SDKs of
+/// customer-facing APIs do), in one of three forms:
+/// - [`CustomerToken::from_fn`]: an async closure;
+/// - [`CustomerToken::from_blocking_fn`]: a blocking closure, run on tokio's blocking pool
+///   (`spawn_blocking`);
+/// - [`CustomerToken::new`]: a [`CustomerTokenSource`], which sees the request (a customer id
+///   in its extensions, say).
 ///
 /// ```
 /// use client_auth::{AuthorizationProvider, BoxError, CustomerToken, Error, RequestView};

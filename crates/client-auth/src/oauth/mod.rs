@@ -1,67 +1,11 @@
 //! The OAuth 2.0 provider: `refresh_token` and `client_credentials` grants, with a
-//! single-flight token cache.
-//!
-//! ```no_run
-//! # #[cfg(feature = "reqwest")]
-//! # async fn demo() -> Result<(), client_auth::Error> {
-//! use client_auth::{OAuthProvider, SessionState};
-//!
-//! // A user's session: the refresh token came from a sign-in.
-//! let provider = OAuthProvider::refresh_token_grant("https://auth.example.com/oauth/token")
-//!     .client_id("my-client")
-//!     .client_secret("my-secret")
-//!     .refresh_token("refresh-token-from-sign-in")
-//!     .build()?;
-//!
-//! // Headers set by hand: refresh if needed, then the token.
-//! let token = provider.access_token().await?;
-//! # let _ = token;
-//!
-//! // Watch the session end (an `invalid_grant`, a logout).
-//! let mut session = provider.session();
-//! if let SessionState::NoSession(reason) = &*session.borrow_and_update() {
-//!     println!("sign in again: {reason:?}");
-//! }
-//! # Ok(()) }
-//! ```
-//!
-//! # Refresh semantics
-//!
-//! For a token of lifetime `L` (counted from when the token request was sent):
-//! - the **soft window** is `min(max(60 s, 10 % of L), 50 % of L)` before expiry; inside it the
-//!   current token is served and exactly one background refresh runs (its start is jittered
-//!   inside the window so a fleet does not refresh in lockstep);
-//! - the **hard window** is `min(10 s, 25 % of L)` before expiry; a token that close to expiry
-//!   is treated as expired and callers wait for the one refresh in flight.
-//!
-//! Every number is configurable on the builder. A refresh runs on a spawned tokio task, so
-//! dropping the request that started it does not stop it; a tokio runtime is required (without
-//! one, calls return [`Error::NoRuntime`], never panic).
-//!
-//! # 401s
-//!
-//! A 401 for the current token starts one refresh and the request is retried once with the new
-//! token. A token the server accepted before (adapters report every answer that shows
-//! acceptance through [`AuthorizationProvider::on_accepted`]) and now rejects is refreshed at
-//! once: it was revoked.
-//! A token the server never accepted refreshes under a cooldown growing from 1 s to 30 s
-//! ([`OAuthProviderBuilder::unauthorized_cooldown`]), since a new one may be rejected the same
-//! way.
-//!
-//! # Session operations during a refresh
-//!
-//! [`logout`](OAuthProvider::logout), [`clear`](OAuthProvider::clear) and
-//! [`set_tokens`](OAuthProvider::set_tokens) win over a refresh in flight: once they return,
-//! nothing that refresh obtained reaches memory or the store, and its waiters get the new
-//! session's token or error. A token answer that rotated the refresh token but is unusable
-//! otherwise still has its refresh token kept (in memory and in the store), so the next refresh
-//! does not replay the old one.
 
 mod cache;
 mod response;
 mod transport;
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -289,6 +233,64 @@ impl Config {
 
 /// The OAuth 2.0 provider. Cheap to clone; clones share one token cache, so there is one
 /// refresh in flight whatever the number of clones or callers.
+///
+/// single-flight token cache.
+///
+/// ```no_run
+/// # #[cfg(feature = "reqwest")]
+/// # async fn demo() -> Result<(), client_auth::Error> {
+/// use client_auth::{OAuthProvider, SessionState};
+///
+/// // A user's session: the refresh token came from a sign-in.
+/// let provider = OAuthProvider::refresh_token_grant("https://auth.example.com/oauth/token")
+///     .client_id("my-client")
+///     .client_secret("my-secret")
+///     .refresh_token("refresh-token-from-sign-in")
+///     .build()?;
+///
+/// // Headers set by hand: refresh if needed, then the token.
+/// let token = provider.access_token().await?;
+/// # let _ = token;
+///
+/// // Watch the session end (an `invalid_grant`, a logout).
+/// let mut session = provider.session();
+/// if let SessionState::NoSession(reason) = &*session.borrow_and_update() {
+///     println!("sign in again: {reason:?}");
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// # Refresh semantics
+///
+/// For a token of lifetime `L` (counted from when the token request was sent):
+/// - the **soft window** is `min(max(60 s, 10 % of L), 50 % of L)` before expiry; inside it the
+///   current token is served and exactly one background refresh runs (its start is jittered
+///   inside the window so a fleet does not refresh in lockstep);
+/// - the **hard window** is `min(10 s, 25 % of L)` before expiry; a token that close to expiry
+///   is treated as expired and callers wait for the one refresh in flight.
+///
+/// Every number is configurable on the builder. A refresh runs on a spawned tokio task, so
+/// dropping the request that started it does not stop it; a tokio runtime is required (without
+/// one, calls return [`Error::NoRuntime`], never panic).
+///
+/// # 401s
+///
+/// A 401 for the current token starts one refresh and the request is retried once with the new
+/// token. A token the server accepted before (adapters report every answer that shows
+/// acceptance through [`AuthorizationProvider::on_accepted`]) and now rejects is refreshed at
+/// once: it was revoked.
+/// A token the server never accepted refreshes under a cooldown growing from 1 s to 30 s
+/// ([`OAuthProviderBuilder::unauthorized_cooldown`]), since a new one may be rejected the same
+/// way.
+///
+/// # Session operations during a refresh
+///
+/// [`logout`](OAuthProvider::logout), [`clear`](OAuthProvider::clear) and
+/// [`set_tokens`](OAuthProvider::set_tokens) win over a refresh in flight: once they return,
+/// nothing that refresh obtained reaches memory or the store, and its waiters get the new
+/// session's token or error. A token answer that rotated the refresh token but is unusable
+/// otherwise still has its refresh token kept (in memory and in the store), so the next refresh
+/// does not replay the old one.
 #[derive(Clone)]
 pub struct OAuthProvider {
     engine: Arc<Engine>,
@@ -398,7 +400,12 @@ impl AuthorizationProvider for OAuthProvider {
 }
 
 /// Builds an [`OAuthProvider`].
-pub struct OAuthProviderBuilder {
+///
+/// `T` records whether a token transport was chosen, so that a provider that could not reach
+/// its token endpoint does not compile: [`build`](Self::build) is there after
+/// [`transport`](Self::transport), or without it when feature `reqwest` supplies
+/// [`ReqwestTransport`] (the default parameter, [`DefaultTransport`]).
+pub struct OAuthProviderBuilder<T = DefaultTransport> {
     token_url: String,
     revocation_url: Option<String>,
     allow_http: bool,
@@ -424,9 +431,48 @@ pub struct OAuthProviderBuilder {
     assume_lifetime: Option<Duration>,
     store_timeout: Duration,
     lease_ttl: Duration,
+    chosen: PhantomData<T>,
 }
 
-impl fmt::Debug for OAuthProviderBuilder {
+/// [`OAuthProviderBuilder`] without a transport of the caller's: `build` uses
+/// [`ReqwestTransport`], so it exists only with feature `reqwest`.
+#[derive(Debug, Clone, Copy)]
+pub struct DefaultTransport;
+
+/// [`OAuthProviderBuilder`] after [`transport`](OAuthProviderBuilder::transport).
+#[derive(Debug, Clone, Copy)]
+pub struct SuppliedTransport;
+
+/// Whether an [`OAuthProviderBuilder`] can be built: it has a transport, or feature `reqwest`
+/// gives it one. Sealed.
+///
+/// Without feature `reqwest`, a builder that was given no transport does not compile:
+///
+#[cfg_attr(not(feature = "reqwest"), doc = "```compile_fail,E0277")]
+#[cfg_attr(feature = "reqwest", doc = "```")]
+/// let provider = client_auth::OAuthProvider::client_credentials("https://auth.example.com/token")
+///     .client_id("my-service")
+///     .build();
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "this `OAuthProviderBuilder` has no token transport",
+    label = "no transport to reach the token endpoint",
+    note = "enable client-auth's `reqwest` feature (`rustls` or `native-tls` for its TLS), or call `.transport(...)` before `.build()`"
+)]
+pub trait TransportChoice: sealed::Sealed {}
+
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+impl TransportChoice for DefaultTransport {}
+impl TransportChoice for SuppliedTransport {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::DefaultTransport {}
+    impl Sealed for super::SuppliedTransport {}
+}
+
+impl<T> fmt::Debug for OAuthProviderBuilder<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OAuthProviderBuilder")
             .field("token_url", &redact::Url(&self.token_url))
@@ -471,9 +517,12 @@ impl OAuthProviderBuilder {
             assume_lifetime: None,
             store_timeout: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(6),
+            chosen: PhantomData,
         }
     }
+}
 
+impl<T> OAuthProviderBuilder<T> {
     /// The client id (required).
     pub fn client_id(mut self, id: impl Into<String>) -> Self {
         self.client_id = Some(id.into());
@@ -536,9 +585,38 @@ impl OAuthProviderBuilder {
     }
 
     /// The token-endpoint transport (default with feature `reqwest`: [`ReqwestTransport`]).
-    pub fn transport(mut self, transport: Arc<dyn TokenTransport>) -> Self {
-        self.transport = Some(transport);
-        self
+    pub fn transport(
+        self,
+        transport: Arc<dyn TokenTransport>,
+    ) -> OAuthProviderBuilder<SuppliedTransport> {
+        OAuthProviderBuilder {
+            token_url: self.token_url,
+            revocation_url: self.revocation_url,
+            allow_http: self.allow_http,
+            grant: self.grant,
+            client_id: self.client_id,
+            client_secret: self.client_secret,
+            client_auth: self.client_auth,
+            scope: self.scope,
+            extra_params: self.extra_params,
+            refresh_token: self.refresh_token,
+            access_token: self.access_token,
+            store: self.store,
+            namespace: self.namespace,
+            clock: self.clock,
+            transport: Some(transport),
+            timeout: self.timeout,
+            max_body: self.max_body,
+            windows: self.windows,
+            cooldown: self.cooldown,
+            cooldown_initial: self.cooldown_initial,
+            backoff_initial: self.backoff_initial,
+            backoff_max: self.backoff_max,
+            assume_lifetime: self.assume_lifetime,
+            store_timeout: self.store_timeout,
+            lease_ttl: self.lease_ttl,
+            chosen: PhantomData,
+        }
     }
 
     /// The RFC 7009 revocation endpoint used by [`OAuthProvider::logout`]. Like the token URL,
@@ -660,10 +738,12 @@ impl OAuthProviderBuilder {
     /// # Errors
     ///
     /// [`Error::Config`] for an unusable URL, an `http://` URL on a host that is not loopback
-    /// without [`allow_http`](Self::allow_http), a missing client id, a ratio outside `0..=1`,
-    /// or no transport (enable feature `reqwest` or call [`transport`](Self::transport));
+    /// without [`allow_http`](Self::allow_http), a missing client id, or a ratio outside `0..=1`;
     /// [`Error::EmptyCredential`] for an access token that is empty or only whitespace.
-    pub fn build(self) -> Result<OAuthProvider, Error> {
+    pub fn build(self) -> Result<OAuthProvider, Error>
+    where
+        T: TransportChoice,
+    {
         let allow_http = self.allow_http;
         let parse_url = |url: &str, what: &'static str| -> Result<Uri, Error> {
             let uri: Uri = url
@@ -799,11 +879,10 @@ fn default_transport(plain_loopback: bool) -> Result<Arc<dyn TokenTransport>, Er
     Ok(Arc::new(ReqwestTransport::new()?))
 }
 
+/// Unreachable: without feature `reqwest`, only [`SuppliedTransport`] builders can be built.
 #[cfg(not(feature = "reqwest"))]
 fn default_transport(_plain_loopback: bool) -> Result<Arc<dyn TokenTransport>, Error> {
-    Err(Error::Config(
-        "no token transport: enable the `reqwest` feature or call `transport(...)`".into(),
-    ))
+    Err(Error::Config("no token transport".into()))
 }
 
 #[cfg(test)]
