@@ -43,6 +43,25 @@ const WRITE_LOCK_WAIT: Duration = Duration::from_secs(5);
 /// # Ok(()) }
 /// ```
 ///
+/// What a provider saves there, any process of the host loads:
+///
+/// ```
+/// use client_auth::{FileStore, RefreshToken, StoredTokens, TokenStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = std::env::temp_dir().join(format!("client-auth-doc-{}", std::process::id()));
+/// let tokens = StoredTokens {
+///     refresh_token: Some(RefreshToken::new("rt-1")),
+///     ..StoredTokens::default()
+/// };
+/// FileStore::new(&dir).save("user-42", &tokens).await?;
+/// let loaded = FileStore::new(&dir).load("user-42").await?.expect("saved above");
+/// assert_eq!(loaded.refresh_token.map(|t| t.expose_secret().to_owned()), Some("rt-1".into()));
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(()) }
+/// ```
+///
 /// The lease waits for another holder by polling the lock (with backoff), at most
 /// [`lock_wait_timeout`](Self::lock_wait_timeout); by default the lease's own ttl plus 15 s, so
 /// that waiters outwait a living holder whose token request takes up to the provider's default

@@ -269,7 +269,31 @@ impl<T: TokenStore + ?Sized> TokenStore for std::sync::Arc<T> {
     }
 }
 
-/// Tokens kept in this process's memory.
+/// Tokens kept in this process's memory: the default store of an [`OAuthProvider`], enough
+/// for one process. Give several providers one `MemoryStore` under different namespaces to see
+/// their sessions in one place.
+///
+/// ```
+/// use std::sync::Arc;
+/// use client_auth::{MemoryStore, OAuthProvider, TokenStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = Arc::new(MemoryStore::new());
+/// # #[cfg(feature = "reqwest")] {
+/// let provider = OAuthProvider::refresh_token_grant("https://auth.example.com/token")
+///     .client_id("my-client")
+///     .refresh_token("refresh-token-from-sign-in")
+///     .store(store.clone(), "user-42")
+///     .build()?;
+/// # let _ = provider;
+/// # }
+/// // Nothing is stored until the provider has tokens to store.
+/// assert!(store.load("user-42").await?.is_none());
+/// # Ok(()) }
+/// ```
+///
+/// [`OAuthProvider`]: crate::OAuthProvider
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     entries: Mutex<HashMap<String, StoredTokens>>,
