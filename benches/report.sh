@@ -18,13 +18,13 @@ mkdir -p "$report_dir"
 
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 CLIENT_AUTH_BENCH_REPORT="$report_dir" \
-    cargo bench -p client-auth-tower --bench overhead --bench load -- "$@" \
+    cargo bench -p client-auth-benches --bench overhead --bench load -- "$@" \
     2>&1 | tee "$report_dir/cargo-bench.log" >&2
 
 # Allocations and instructions per request, counted by valgrind (memcheck, callgrind) for 0 and
 # N requests of one variant on one thread (after 16 warm-up requests): difference divided by N.
 # Instruction counts do not depend on what else runs on the machine; times do.
-overhead_bin=$(cargo bench -p client-auth-tower --bench overhead --no-run --message-format=json 2>/dev/null |
+overhead_bin=$(cargo bench -p client-auth-benches --bench overhead --no-run --message-format=json 2>/dev/null |
     python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -90,7 +90,7 @@ def okr(x, limit):
 
 out = []
 p = out.append
-p(f"Measured {started} on this machine: `benches/report.sh` (runs `cargo bench -p client-auth-tower "
+p(f"Measured {started} on this machine: `benches/report.sh` (runs `cargo bench -p client-auth-benches "
   f"--bench overhead --bench load`, then the overhead bench's variants under valgrind). Times are "
   f"criterion medians; the overhead is the time minus the no-layer baseline measured in the same "
   f"run. Instructions (callgrind) and allocations (memcheck) per request are the difference "

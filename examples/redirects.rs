@@ -5,7 +5,7 @@
 //! origin never gets it (nor any later hop of that chain), and a foreign site that redirects to
 //! the API does not get an authorized request out of our client.
 //!
-//! Run it with `cargo run -p client-auth-tower --example redirects`.
+//! Run it with `cargo run --example redirects`.
 
 use bytes::Bytes;
 use client_auth::StaticToken;

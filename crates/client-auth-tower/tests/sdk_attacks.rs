@@ -357,7 +357,7 @@ async fn check_resolution(raws: &[&str]) {
             );
             assert_eq!(reparsed.scheme_str(), Some("https"), "{raw}");
             // hyper / reqwest send to the host of the URI; a URL parser must agree.
-            let url = reqwest::Url::parse(&seen.uri.to_string());
+            let url = url::Url::parse(&seen.uri.to_string());
             if let Ok(url) = url {
                 assert_eq!(
                     url.host_str(),

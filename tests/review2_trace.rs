@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use client_auth::adapter::BoxFuture;
 use client_auth::{
-    AccessToken, BoxFuture, Error, ManualClock, MemoryStore, OAuthProvider, RefreshToken,
-    ReqwestTransport, SessionReason, StoredTokens, TokenStore, TokenTransport, Tokens,
+    AccessToken, Error, ManualClock, MemoryStore, OAuthProvider, RefreshToken, ReqwestTransport,
+    SessionReason, StoredTokens, TokenStore, TokenTransport, Tokens,
 };
 use client_auth_redis::RedisStore;
 use client_auth_testkit::{Fault, TestServer};
@@ -25,7 +26,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{Layer, Service, ServiceExt};
 
-#[path = "../../client-auth-redis/tests/support/mod.rs"]
+#[path = "../crates/client-auth-redis/tests/support/mod.rs"]
 mod support;
 use support::{RedisServer, redis_enabled};
 

@@ -29,7 +29,7 @@ use hyper_util::rt::TokioExecutor;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_http::follow_redirect::FollowRedirectLayer;
 
-#[path = "../../client-auth-redis/tests/support/mod.rs"]
+#[path = "../crates/client-auth-redis/tests/support/mod.rs"]
 mod support;
 use support::{RedisServer, redis_enabled};
 

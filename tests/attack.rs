@@ -10,7 +10,7 @@
 //! reproductions of defects, since fixed).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../../tests/support/tls.rs"]
+#[path = "support/tls.rs"]
 mod tls;
 
 use std::collections::HashMap;
@@ -39,7 +39,7 @@ use tower_http::follow_redirect::FollowRedirectLayer;
 /// Any one request may take this long before the test fails instead of hanging.
 const LIMIT: Duration = Duration::from_secs(15);
 
-const CA_PEM: &[u8] = include_bytes!("../../../tests/support/tls/ca.pem");
+const CA_PEM: &[u8] = include_bytes!("support/tls/ca.pem");
 
 // ---------------------------------------------------------------------------------------------
 // A recording host
