@@ -40,6 +40,7 @@
 //!
 //! The crate has no cargo features. A tokio runtime is required: the server task is spawned
 //! with `tokio::spawn`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
 mod fault;
@@ -52,3 +53,7 @@ pub use config::ServerConfig;
 pub use fault::Fault;
 pub use server::TestServer;
 pub use state::{IssuedTokens, SeenRequest, Stats};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
