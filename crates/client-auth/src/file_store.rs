@@ -851,6 +851,7 @@ mod tests {
             expires_at: std::time::UNIX_EPOCH.checked_add(Duration::from_millis(1_900_000_000_000)),
             scope: None,
             issued_at: None,
+            dpop_jkt: None,
         }
     }
 

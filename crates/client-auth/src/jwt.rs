@@ -41,7 +41,7 @@ impl Default for JwtBackend {
 }
 
 impl JwtBackend {
-    fn provider(self) -> &'static jsonwebtoken::crypto::CryptoProvider {
+    pub(crate) fn provider(self) -> &'static jsonwebtoken::crypto::CryptoProvider {
         match self {
             #[cfg(feature = "jwt-aws-lc-rs")]
             JwtBackend::AwsLcRs => &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
@@ -223,23 +223,36 @@ impl CustomerTokenSigner {
             iat,
             exp,
         };
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let mut token = String::new();
-        b64.encode_string(to_json(&header)?, &mut token);
-        token.push('.');
-        b64.encode_string(to_json(&claims)?, &mut token);
-
-        let signer = (self.backend.provider().signer_factory)(&Algorithm::HS256, &self.key)
-            .map_err(|e| Error::Signing(format!("the HS256 signer failed: {e}").into()))?;
-        let signature = Zeroizing::new(
-            signer
-                .try_sign(token.as_bytes())
-                .map_err(|e| Error::Signing(format!("HS256 signing failed: {e}").into()))?,
-        );
-        token.push('.');
-        b64.encode_string(&*signature, &mut token);
-        Ok(CustomerJwt::new(token))
+        compact_jws(&header, &claims, Algorithm::HS256, &self.key, self.backend)
+            .map(CustomerJwt::new)
     }
+}
+
+/// `base64url(header).base64url(claims).base64url(signature)`, signed with `key` through
+/// `backend` (never through `jsonwebtoken`'s process-wide default).
+pub(crate) fn compact_jws(
+    header: &impl Serialize,
+    claims: &impl Serialize,
+    alg: Algorithm,
+    key: &EncodingKey,
+    backend: JwtBackend,
+) -> Result<String, Error> {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut token = String::new();
+    b64.encode_string(to_json(header)?, &mut token);
+    token.push('.');
+    b64.encode_string(to_json(claims)?, &mut token);
+
+    let signer = (backend.provider().signer_factory)(&alg, key)
+        .map_err(|e| Error::Signing(format!("the {alg:?} signer failed: {e}").into()))?;
+    let signature = Zeroizing::new(
+        signer
+            .try_sign(token.as_bytes())
+            .map_err(|e| Error::Signing(format!("{alg:?} signing failed: {e}").into()))?,
+    );
+    token.push('.');
+    b64.encode_string(&*signature, &mut token);
+    Ok(token)
 }
 
 fn to_json(value: &impl Serialize) -> Result<Vec<u8>, Error> {

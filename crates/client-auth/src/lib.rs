@@ -142,9 +142,15 @@ pub use oauth::ReqwestTransport;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use oauth::TowerTransport;
+#[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto")))
+)]
+pub use oauth::{ClientAssertionKey, DpopKey};
 pub use oauth::{
-    ClientAuth, DefaultTransport, OAuthProvider, OAuthProviderBuilder, SuppliedTransport,
-    TokenTransport, Tokens, TransportChoice,
+    ClientAuth, DefaultTransport, OAuthProvider, OAuthProviderBuilder, ServerMetadata,
+    SuppliedTransport, TokenTransport, Tokens, TransportChoice,
 };
 pub use origin::{OriginPolicy, OriginPolicyBuilder};
 pub use provider::{

@@ -134,7 +134,26 @@ impl Generation {
 pub struct Credential {
     value: HeaderValue,
     generation: Generation,
-    extra: Option<Arc<HeaderMap>>,
+    extra: Option<Arc<Extra>>,
+}
+
+/// What only some credentials carry: headers besides `Authorization`, and what a DPoP-bound
+/// token's proofs are made of.
+struct Extra {
+    headers: HeaderMap,
+    binding: Option<Binding>,
+}
+
+/// A DPoP-bound credential: the `ath` of its token and, once bound to a request, that
+/// request's method and `htu`, so that a 401 can be answered with a new proof for it.
+#[derive(Clone)]
+#[cfg_attr(
+    not(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto")),
+    allow(dead_code, reason = "DPoP needs a JOSE backend")
+)]
+pub(crate) struct Binding {
+    pub(crate) ath: Arc<str>,
+    pub(crate) request: Option<(Method, Arc<str>)>,
 }
 
 impl Credential {
@@ -154,8 +173,27 @@ impl Credential {
         for value in headers.values_mut() {
             value.set_sensitive(true);
         }
-        self.extra = Some(Arc::new(headers));
+        let binding = self.binding().cloned();
+        self.extra = Some(Arc::new(Extra { headers, binding }));
         self
+    }
+
+    /// This credential with `binding` (and no extra headers): a DPoP-bound token's template.
+    #[cfg_attr(
+        not(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto")),
+        allow(dead_code, reason = "DPoP needs a JOSE backend")
+    )]
+    pub(crate) fn bound(mut self, binding: Binding) -> Self {
+        self.extra = Some(Arc::new(Extra {
+            headers: HeaderMap::new(),
+            binding: Some(binding),
+        }));
+        self
+    }
+
+    /// The DPoP binding, if this is a DPoP-bound credential.
+    pub(crate) fn binding(&self) -> Option<&Binding> {
+        self.extra.as_ref().and_then(|e| e.binding.as_ref())
     }
 
     /// The `Authorization` value.
@@ -170,14 +208,17 @@ impl Credential {
 
     /// Extra headers, if any.
     pub fn extra_headers(&self) -> Option<&HeaderMap> {
-        self.extra.as_deref()
+        self.extra
+            .as_deref()
+            .map(|e| &e.headers)
+            .filter(|h| !h.is_empty())
     }
 
     /// Writes `Authorization` and the extra headers into `headers`, replacing earlier values.
     pub fn apply(&self, headers: &mut HeaderMap) {
         headers.insert(AUTHORIZATION, self.value.clone());
         if let Some(extra) = &self.extra {
-            for (name, value) in extra.iter() {
+            for (name, value) in extra.headers.iter() {
                 headers.insert(name.clone(), value.clone());
             }
         }
@@ -191,7 +232,7 @@ impl fmt::Debug for Credential {
             .field("generation", &self.generation)
             .field(
                 "extra_headers",
-                &self.extra.as_ref().map(|h| h.keys().collect::<Vec<_>>()),
+                &self.extra_headers().map(|h| h.keys().collect::<Vec<_>>()),
             )
             .finish()
     }

@@ -28,6 +28,9 @@ pub struct StoredTokens {
     /// the token computes its refresh windows; `None` when unknown (the remaining lifetime is
     /// then taken as the whole).
     pub issued_at: Option<SystemTime>,
+    /// The thumbprint of the DPoP key the access token is bound to (`token_type: DPoP`);
+    /// `None` for a bearer token. A process adopts a bound token only with the same key.
+    pub dpop_jkt: Option<String>,
 }
 
 /// Version of the JSON encoding written by [`StoredTokens::to_json`].
@@ -46,6 +49,8 @@ struct JsonOut<'a> {
     scope: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     issued_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dpop_jkt: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -61,6 +66,8 @@ struct JsonIn {
     scope: Option<String>,
     #[serde(default)]
     issued_at_ms: Option<u64>,
+    #[serde(default)]
+    dpop_jkt: Option<String>,
 }
 
 impl StoredTokens {
@@ -88,6 +95,7 @@ impl StoredTokens {
             expires_at_ms: self.expires_at.map(unix_ms),
             scope: self.scope.as_deref(),
             issued_at_ms: self.issued_at.map(unix_ms),
+            dpop_jkt: self.dpop_jkt.as_deref(),
         };
         // Serialising plain strings and numbers into a `String` cannot fail.
         SecretString::new(serde_json::to_string(&out).unwrap_or_default())
@@ -125,6 +133,7 @@ impl StoredTokens {
             issued_at: parsed
                 .issued_at_ms
                 .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms))),
+            dpop_jkt: parsed.dpop_jkt,
         })
     }
 }
@@ -377,6 +386,7 @@ mod tests {
             expires_at: UNIX_EPOCH.checked_add(Duration::from_millis(1_700_000_000_123)),
             scope: Some("read write".to_owned()),
             issued_at: UNIX_EPOCH.checked_add(Duration::from_millis(1_699_999_000_456)),
+            dpop_jkt: Some("jkt-1".to_owned()),
         };
         let json = tokens.to_json();
         assert!(!format!("{json:?}").contains("MARKER"));

@@ -136,6 +136,11 @@ pub(crate) fn is_tchar(b: u8) -> bool {
 
 /// The `error` parameter of the first `Bearer` challenge in `headers`, if any.
 pub fn bearer_error(headers: &HeaderMap) -> Option<String> {
+    scheme_error(headers, "bearer")
+}
+
+/// The `error` parameter of the first `scheme` challenge (any case) that has one.
+pub(crate) fn scheme_error(headers: &HeaderMap, scheme: &str) -> Option<String> {
     headers
         .get_all(WWW_AUTHENTICATE)
         .iter()
@@ -143,7 +148,7 @@ pub fn bearer_error(headers: &HeaderMap) -> Option<String> {
         .flat_map(|v| {
             parse_challenges(v)
                 .into_iter()
-                .filter(|c| c.scheme.eq_ignore_ascii_case("bearer"))
+                .filter(|c| c.scheme.eq_ignore_ascii_case(scheme))
                 .filter_map(|c| c.param("error").map(str::to_owned))
                 .collect::<Vec<_>>()
         })
@@ -159,7 +164,9 @@ pub fn refresh_may_help(status: http::StatusCode, headers: &HeaderMap) -> bool {
 /// Whether the response says the token lacks scope (RFC 6750 `insufficient_scope`): refreshing
 /// would not help, so no retry.
 pub fn is_insufficient_scope(headers: &HeaderMap) -> bool {
-    bearer_error(headers).is_some_and(|e| e == "insufficient_scope")
+    bearer_error(headers)
+        .or_else(|| scheme_error(headers, "dpop"))
+        .is_some_and(|e| e == "insufficient_scope")
 }
 
 #[cfg(test)]

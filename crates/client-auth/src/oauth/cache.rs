@@ -28,6 +28,8 @@ use super::{Config, TokenTransport, Tokens};
 use crate::clock::Clock;
 use crate::error::{Error, SessionEnd, StoreError, TransportError};
 use crate::provider::{AuthorizeFuture, Credential, Generation, Unauthorized, UnauthorizedFuture};
+#[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+use crate::provider::{Binding, RequestView};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::session::{SessionReason, SessionState, SessionWatch};
 use crate::single_flight::{Completion, SingleFlight, Waiter};
@@ -237,7 +239,7 @@ impl Engine {
         if let Some((token, expires_in)) = access_token {
             let now = engine.clock.now();
             let expiry = engine.expiry_from_now(expires_in, None, now);
-            let cached = engine.make_cached(token, expiry, None)?;
+            let cached = engine.make_cached(token, expiry, None, false)?;
             engine.current.store(Some(cached));
         }
         Ok(engine)
@@ -282,10 +284,16 @@ impl Engine {
         token: AccessToken,
         expiry: Option<Expiry>,
         scope: Option<String>,
+        dpop_bound: bool,
     ) -> Result<Arc<Cached>, Error> {
         // Empty or whitespace-only tokens (from a store, too) are refused like any other.
-        let value = crate::auth_header::header_value("Bearer", token.expose_secret())?;
+        let scheme = if dpop_bound { "DPoP" } else { "Bearer" };
+        let value = crate::auth_header::header_value(scheme, token.expose_secret())?;
         let generation = Generation::new(self.generation.fetch_add(1, Ordering::Relaxed) + 1);
+        let mut credential = Credential::new(value, generation);
+        if dpop_bound {
+            credential = self.dpop_template(credential, &token)?;
+        }
         let (refresh_at, stale_at) = match expiry {
             None => (None, None),
             Some(Expiry { lifetime, at }) => {
@@ -300,7 +308,7 @@ impl Engine {
             }
         };
         Ok(Arc::new(Cached {
-            credential: Credential::new(value, generation),
+            credential,
             token,
             refresh_at,
             stale_at,
@@ -802,6 +810,11 @@ impl Engine {
         if known.is_some_and(|k| k.token == *token) {
             return None;
         }
+        // A DPoP-bound token is usable only with the key it is bound to.
+        if stored.dpop_jkt.is_some() && stored.dpop_jkt.as_deref() != self.dpop_jkt() {
+            tracing::debug!("the stored access token is bound to another DPoP key; refreshing");
+            return None;
+        }
         let now = self.clock.now();
         let expiry = match stored.expires_at {
             Some(at) => {
@@ -811,7 +824,12 @@ impl Engine {
             }
             None => self.expiry_from_now(None, None, now),
         };
-        let cached = match self.make_cached(token.clone(), expiry, stored.scope.clone()) {
+        let cached = match self.make_cached(
+            token.clone(),
+            expiry,
+            stored.scope.clone(),
+            stored.dpop_jkt.is_some(),
+        ) {
             Ok(cached) => cached,
             Err(e) => {
                 tracing::warn!(error = %e, "the stored access token is unusable; refreshing");
@@ -836,11 +854,9 @@ impl Engine {
         if self.config.grant == GrantKind::RefreshToken && refresh_token.is_none() {
             return Err(Error::SessionEnded(SessionEnd::NoRefreshToken).into());
         }
-        let request = self.config.token_request(refresh_token.as_ref())?;
         let sent_at = self.clock.now();
         let sent_unix = self.clock.unix_now();
-        let response = self.send(request, refresh_token.as_ref()).await?;
-        let (parts, body) = response.into_parts();
+        let (parts, body) = self.token_call(refresh_token.as_ref()).await?;
         let rotated_on_failure = |error: Error| Failed {
             rotated: if parts.status.is_success() {
                 rotated_refresh_token(&body)
@@ -855,6 +871,7 @@ impl Engine {
             &body,
             self.config.grant,
             self.clock.unix_now(),
+            self.dpop_jkt().is_some(),
         )
         .map_err(|e| rotated_on_failure(self.redacted(e, refresh_token.as_ref())))?;
         let mut lifetime = parsed.expires_in.or(self.config.assume_lifetime);
@@ -878,8 +895,9 @@ impl Engine {
                 at: sent_at.checked_add(l)?,
             })
         });
+        let dpop_jkt = self.dpop_jkt().filter(|_| parsed.dpop).map(str::to_owned);
         let cached = self
-            .make_cached(parsed.access_token, expiry, parsed.scope)
+            .make_cached(parsed.access_token, expiry, parsed.scope, parsed.dpop)
             .map_err(|error| Failed {
                 error,
                 rotated: if rotated { refresh_token.clone() } else { None },
@@ -890,6 +908,7 @@ impl Engine {
             expires_at: lifetime.and_then(|l| sent_unix.checked_add(l)),
             scope: cached.scope.clone(),
             issued_at: Some(sent_unix),
+            dpop_jkt,
         };
         Ok(Refreshed {
             cached,
@@ -899,6 +918,25 @@ impl Engine {
             short_lived,
             rotated,
         })
+    }
+
+    /// The token request, with a DPoP proof when the provider has a key: a `400
+    /// use_dpop_nonce` answer is remembered and the request sent once more with its nonce.
+    async fn token_call(
+        &self,
+        refresh_token: Option<&RefreshToken>,
+    ) -> Result<(http::response::Parts, bytes::Bytes), Error> {
+        let mut nonce_retry = true;
+        loop {
+            let mut request = self.config.token_request(refresh_token)?;
+            self.prove_token_request(&mut request)?;
+            let (parts, body) = self.send(request, refresh_token).await?.into_parts();
+            if !self.token_nonce(&parts, &body) || !nonce_retry {
+                return Ok((parts, body));
+            }
+            nonce_retry = false;
+            tracing::debug!("the token endpoint asked for a DPoP nonce; asking once more with it");
+        }
     }
 
     /// One request to the token or revocation endpoint, bounded by the request timeout; a
@@ -1258,6 +1296,7 @@ impl Engine {
             &body,
             GrantKind::ClientCredentials,
             self.clock.unix_now(),
+            false,
         ) {
             Err(e) => Err(self.redacted(e, Some(token))),
             Ok(_) => Ok(()),
@@ -1268,9 +1307,14 @@ impl Engine {
         let now = self.clock.now();
         let unix_now = self.clock.unix_now();
         let expiry = self.expiry_from_now(tokens.expires_in, tokens.lifetime, now);
+        if tokens.dpop_bound && self.dpop_jkt().is_none() {
+            return Err(Error::Config(
+                "a DPoP-bound access token was handed to a provider without a DPoP key".into(),
+            ));
+        }
         let cached = tokens
             .access_token
-            .map(|t| self.make_cached(t, expiry, None))
+            .map(|t| self.make_cached(t, expiry, None, tokens.dpop_bound))
             .transpose()?;
         let remaining = tokens.expires_in.or(self.config.assume_lifetime);
         let expires_at = remaining.and_then(|r| unix_now.checked_add(r.min(MAX_LIFETIME)));
@@ -1285,6 +1329,10 @@ impl Engine {
                 expires_at,
                 scope: None,
                 issued_at,
+                dpop_jkt: self
+                    .dpop_jkt()
+                    .filter(|_| tokens.dpop_bound && cached.is_some())
+                    .map(str::to_owned),
             },
             cached,
             refresh_token: tokens.refresh_token,
@@ -1319,6 +1367,171 @@ impl Engine {
                 "the tokens could not be written to the store; they are used from memory",
             )),
         })
+    }
+}
+
+/// DPoP (RFC 9449): proofs on token and resource requests, and the nonce retries.
+#[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+impl Engine {
+    /// The thumbprint of the provider's DPoP key, if it has one.
+    fn dpop_jkt(&self) -> Option<&str> {
+        self.config.dpop.as_ref().map(|d| d.key.thumbprint())
+    }
+
+    /// The template of a DPoP-bound token's credentials: its `ath`, computed once per token.
+    fn dpop_template(
+        &self,
+        credential: Credential,
+        token: &AccessToken,
+    ) -> Result<Credential, Error> {
+        if self.config.dpop.is_none() {
+            return Err(Error::Config("a DPoP-bound token needs a DPoP key".into()));
+        }
+        Ok(credential.bound(Binding {
+            ath: super::dpop::ath(token.expose_secret()),
+            request: None,
+        }))
+    }
+
+    /// Adds a proof for the token endpoint to `request`.
+    fn prove_token_request(&self, request: &mut http::Request<bytes::Bytes>) -> Result<(), Error> {
+        let Some(dpop) = &self.config.dpop else {
+            return Ok(());
+        };
+        let url = &self.config.token_url;
+        let htu = super::dpop::htu(
+            url.scheme_str().unwrap_or("https"),
+            url.authority().map_or("", |a| a.as_str()),
+            url.path(),
+        );
+        let proof = dpop.proof_for(&http::Method::POST, &htu, None, SystemTime::now())?;
+        request.headers_mut().insert(&super::dpop::DPOP, proof);
+        Ok(())
+    }
+
+    /// Remembers the token endpoint's nonce; whether the answer asks for a retry with it.
+    fn token_nonce(&self, parts: &http::response::Parts, body: &bytes::Bytes) -> bool {
+        let Some(dpop) = &self.config.dpop else {
+            return false;
+        };
+        let url = self.config.token_url.to_string();
+        let fresh = dpop.remember_nonce(super::dpop::origin_of(&url), &parts.headers);
+        fresh && super::response::is_use_dpop_nonce(parts.status, body)
+    }
+
+    /// `credential` (a DPoP-bound token's template, or a Bearer token's credential) for this
+    /// request: with a new proof bound to its method and URL.
+    fn bind(
+        &self,
+        credential: Credential,
+        method: http::Method,
+        htu: Arc<str>,
+    ) -> Result<Credential, Error> {
+        let (Some(dpop), Some(binding)) = (&self.config.dpop, credential.binding()) else {
+            return Ok(credential);
+        };
+        let ath = Arc::clone(&binding.ath);
+        let proof = dpop.proof_for(&method, &htu, Some(&ath), SystemTime::now())?;
+        let mut headers = HeaderMap::with_capacity(1);
+        headers.insert(&super::dpop::DPOP, proof);
+        Ok(credential
+            .bound(Binding {
+                ath,
+                request: Some((method, htu)),
+            })
+            .with_extra_headers(headers))
+    }
+
+    /// The fast path of a provider with a DPoP key: the token, then a proof for this request.
+    pub(crate) fn authorize_dpop(self: &Arc<Self>, request: &RequestView<'_>) -> AuthorizeFuture {
+        let htu: Arc<str> =
+            super::dpop::htu(request.scheme(), request.authority(), request.path()).into();
+        let method = request.method().clone();
+        match self.get(request.force_refresh(), |cached| cached.credential.clone()) {
+            Ok(Join::Current(credential)) => {
+                AuthorizeFuture::ready(self.bind(credential, method, htu))
+            }
+            Ok(Join::Wait(waiter)) => {
+                let engine = Arc::clone(self);
+                AuthorizeFuture::pending(async move {
+                    let cached = waiter.wait().await??;
+                    engine.bind(cached.credential.clone(), method, htu)
+                })
+            }
+            Err(e) => AuthorizeFuture::ready(Err(e)),
+        }
+    }
+
+    /// A 401 to a request sent with a DPoP-bound credential: a nonce challenge is answered with
+    /// a new proof carrying the nonce (no refresh, no cooldown); a rejected proof is returned
+    /// as is; anything else is a 401 for the token, and its retry gets a proof for the same
+    /// request.
+    pub(crate) fn on_dpop_unauthorized(
+        self: &Arc<Self>,
+        failed: &Credential,
+        binding: &Binding,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> UnauthorizedFuture {
+        let (Some(dpop), Some((method, htu))) = (&self.config.dpop, binding.request.clone()) else {
+            return self.on_unauthorized(failed, status, headers);
+        };
+        let fresh_nonce = dpop.remember_nonce(super::dpop::origin_of(&htu), headers);
+        match crate::www_authenticate::scheme_error(headers, "dpop").as_deref() {
+            Some("use_dpop_nonce") if status == StatusCode::UNAUTHORIZED => {
+                if !fresh_nonce {
+                    tracing::debug!(
+                        "401 use_dpop_nonce without a usable DPoP-Nonce: returned unchanged"
+                    );
+                    return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp));
+                }
+                tracing::debug!("the resource asked for a DPoP nonce; retrying with it");
+                let template = failed.clone().bound(Binding {
+                    ath: Arc::clone(&binding.ath),
+                    request: None,
+                });
+                return UnauthorizedFuture::ready(
+                    self.bind(template, method, htu).map(Unauthorized::Retry),
+                );
+            }
+            Some("invalid_dpop_proof") => {
+                tracing::debug!("401 invalid_dpop_proof: returned unchanged");
+                return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp));
+            }
+            _ => {}
+        }
+        let answer = self.on_unauthorized(failed, status, headers);
+        let engine = Arc::clone(self);
+        UnauthorizedFuture::pending(async move {
+            match answer.await? {
+                Unauthorized::Retry(credential) => engine
+                    .bind(credential, method, htu)
+                    .map(Unauthorized::Retry),
+                other => Ok(other),
+            }
+        })
+    }
+}
+
+/// Without a JOSE backend there is no DPoP: nothing to prove, no key to match.
+#[cfg(not(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto")))]
+impl Engine {
+    fn dpop_jkt(&self) -> Option<&str> {
+        None
+    }
+
+    fn dpop_template(&self, _: Credential, _: &AccessToken) -> Result<Credential, Error> {
+        Err(Error::Config(
+            "DPoP needs feature `jwt-aws-lc-rs` or `jwt-rust-crypto`".into(),
+        ))
+    }
+
+    fn prove_token_request(&self, _: &mut http::Request<bytes::Bytes>) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn token_nonce(&self, _: &http::response::Parts, _: &bytes::Bytes) -> bool {
+        false
     }
 }
 

@@ -1,6 +1,11 @@
 //! The OAuth 2.0 provider: `refresh_token` and `client_credentials` grants, with a
 
+#[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+mod assertion;
 mod cache;
+mod discovery;
+#[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+mod dpop;
 mod response;
 mod transport;
 
@@ -15,11 +20,14 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, StatusCode, Uri};
 use tokio::sync::watch;
 
+pub use discovery::ServerMetadata;
 #[cfg(feature = "reqwest")]
 pub use transport::ReqwestTransport;
 pub use transport::TokenTransport;
 #[cfg(feature = "tower")]
 pub use transport::TowerTransport;
+#[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+pub use {assertion::ClientAssertionKey, dpop::DpopKey};
 
 pub(crate) use response::GrantKind;
 
@@ -44,6 +52,22 @@ pub enum ClientAuth {
     SecretBasic,
     /// `client_id` and `client_secret` in the form body.
     SecretPost,
+    /// `client_secret_jwt` (RFC 7523 §2.2): a client assertion signed with the client secret
+    /// (HS256); the secret itself is never sent.
+    #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto")))
+    )]
+    SecretJwt,
+    /// `private_key_jwt` (RFC 7523 §2.2): a client assertion signed with the client's private
+    /// key; set by [`OAuthProviderBuilder::private_key_jwt`].
+    #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto")))
+    )]
+    PrivateKeyJwt,
 }
 
 /// Tokens obtained elsewhere (a sign-in), handed to [`OAuthProvider::set_tokens`].
@@ -72,6 +96,9 @@ pub struct Tokens {
     /// so a token with little time left is refreshed as early as it would have been by the
     /// process that obtained it. `None`: the remaining lifetime is taken as the whole.
     pub lifetime: Option<Duration>,
+    /// The access token is DPoP-bound (`token_type: DPoP`) to the provider's
+    /// [DPoP key](OAuthProviderBuilder::dpop): it is sent as `Authorization: DPoP` with a proof.
+    pub dpop_bound: bool,
 }
 
 /// When to refresh, as fractions of a token's lifetime with floors and caps.
@@ -138,6 +165,12 @@ pub(crate) struct Config {
     pub(crate) lease_ttl: Duration,
     /// Token lifetimes under this are held for a growing while instead.
     pub(crate) min_lifetime: Duration,
+    /// DPoP: the key and the nonces servers gave.
+    #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+    pub(crate) dpop: Option<Arc<dpop::Dpop>>,
+    /// JWT client authentication: what signs the assertion, and its audience.
+    #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+    pub(crate) assertion: Option<(assertion::AssertionSigner, String)>,
 }
 
 impl fmt::Debug for Config {
@@ -176,6 +209,17 @@ impl Config {
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json");
         match (&self.client_secret, self.client_auth) {
+            #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+            (_, ClientAuth::SecretJwt | ClientAuth::PrivateKeyJwt) => {
+                let (signer, audience) = self.assertion.as_ref().ok_or(Error::Config(
+                    "JWT client authentication without a key".into(),
+                ))?;
+                let jwt =
+                    signer.assertion(&self.client_id, audience, std::time::SystemTime::now())?;
+                form.append_pair("client_id", &self.client_id);
+                form.append_pair("client_assertion_type", assertion::JWT_BEARER_ASSERTION);
+                form.append_pair("client_assertion", &jwt);
+            }
             (Some(secret), ClientAuth::SecretBasic) => {
                 let encoded = self.basic_credential(secret);
                 let value = auth_header::header_value("Basic", &encoded)?;
@@ -316,6 +360,22 @@ impl OAuthProvider {
         OAuthProviderBuilder::new(token_url.into(), GrantKind::ClientCredentials)
     }
 
+    /// Reads the metadata of the authorization server `issuer` (OpenID Connect discovery,
+    /// then RFC 8414) over reqwest; start a provider from it with
+    /// [`ServerMetadata::client_credentials`] or [`ServerMetadata::refresh_token_grant`]. See
+    /// [`ServerMetadata::discover_with`] for the rules and another transport.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] saying what is wrong with the issuer or its metadata (an `issuer`
+    /// that differs from the one asked for included), or the transport's error.
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub async fn discover(issuer: &str) -> Result<ServerMetadata, Error> {
+        let plain_loopback = check_endpoint(issuer, "issuer", false)?.scheme_str() == Some("http");
+        ServerMetadata::discover_with(issuer, default_transport(plain_loopback)?, false).await
+    }
+
     /// The current access token, refreshed first if it is missing or about to expire.
     ///
     /// # Errors
@@ -378,6 +438,10 @@ impl OAuthProvider {
 
 impl AuthorizationProvider for OAuthProvider {
     fn authorize(&self, request: &RequestView<'_>) -> AuthorizeFuture {
+        #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+        if self.engine.config.dpop.is_some() {
+            return self.engine.authorize_dpop(request);
+        }
         self.engine.authorize(request.force_refresh())
     }
 
@@ -387,6 +451,12 @@ impl AuthorizationProvider for OAuthProvider {
         status: StatusCode,
         headers: &http::HeaderMap,
     ) -> UnauthorizedFuture {
+        #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+        if let Some(binding) = failed.binding() {
+            return self
+                .engine
+                .on_dpop_unauthorized(failed, binding, status, headers);
+        }
         self.engine.on_unauthorized(failed, status, headers)
     }
 
@@ -431,7 +501,22 @@ pub struct OAuthProviderBuilder<T = DefaultTransport> {
     assume_lifetime: Option<Duration>,
     store_timeout: Duration,
     lease_ttl: Duration,
+    /// From discovery: the issuer (the default audience of client assertions) and the DPoP
+    /// algorithms the server takes.
+    issuer: Option<String>,
+    dpop_algs: Vec<String>,
+    #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+    jose: Jose,
     chosen: PhantomData<T>,
+}
+
+/// The builder's JOSE settings: DPoP and JWT client authentication.
+#[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+#[derive(Default)]
+struct Jose {
+    dpop: Option<DpopKey>,
+    assertion_key: Option<ClientAssertionKey>,
+    audience: Option<String>,
 }
 
 /// [`OAuthProviderBuilder`] without a transport of the caller's: `build` uses
@@ -517,6 +602,10 @@ impl OAuthProviderBuilder {
             assume_lifetime: None,
             store_timeout: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(6),
+            issuer: None,
+            dpop_algs: Vec::new(),
+            #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+            jose: Jose::default(),
             chosen: PhantomData,
         }
     }
@@ -615,6 +704,10 @@ impl<T> OAuthProviderBuilder<T> {
             assume_lifetime: self.assume_lifetime,
             store_timeout: self.store_timeout,
             lease_ttl: self.lease_ttl,
+            issuer: self.issuer,
+            dpop_algs: self.dpop_algs,
+            #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+            jose: self.jose,
             chosen: PhantomData,
         }
     }
@@ -733,6 +826,81 @@ impl<T> OAuthProviderBuilder<T> {
         self
     }
 
+    /// Sends a DPoP proof (RFC 9449) with every token request and every request it
+    /// authorizes, so the server binds the access tokens to `key` (`token_type: DPoP`,
+    /// `Authorization: DPoP <token>`). Proofs carry `htm`, `htu` (without query and fragment),
+    /// `iat`, a unique `jti` and, on resource requests, `ath`.
+    ///
+    /// Nonces (RFC 9449 §8, §9): a token endpoint's `400 use_dpop_nonce` and a resource's 401
+    /// with a `DPoP` challenge `error="use_dpop_nonce"` both carry a `DPoP-Nonce`; the latest
+    /// nonce of each origin is remembered and the request is sent once more with it. Such a 401
+    /// neither refreshes the token nor counts toward the 401 cooldown, and a 401 saying
+    /// `invalid_dpop_proof` is returned unchanged.
+    ///
+    /// ```
+    /// # #[cfg(feature = "reqwest")] {
+    /// use client_auth::{DpopKey, OAuthProvider};
+    ///
+    /// let provider = OAuthProvider::client_credentials("https://auth.example.com/token")
+    ///     .client_id("my-service")
+    ///     .client_secret("s3cret")
+    ///     .dpop(DpopKey::generate()?)
+    ///     .build()?;
+    /// # let _ = provider;
+    /// # }
+    /// # Ok::<(), client_auth::Error>(())
+    /// ```
+    #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto")))
+    )]
+    pub fn dpop(mut self, key: DpopKey) -> Self {
+        self.jose.dpop = Some(key);
+        self
+    }
+
+    /// Authenticates the client with a JWT signed by its private key (`private_key_jwt`,
+    /// RFC 7523 §2.2): `iss` = `sub` = the client id, `aud` =
+    /// [`assertion_audience`](Self::assertion_audience) (default: the issuer when the builder
+    /// came from [discovery](crate::ServerMetadata), the token endpoint URL otherwise), a unique
+    /// `jti`, valid for a minute.
+    #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto")))
+    )]
+    pub fn private_key_jwt(mut self, key: ClientAssertionKey) -> Self {
+        self.jose.assertion_key = Some(key);
+        self.client_auth = ClientAuth::PrivateKeyJwt;
+        self
+    }
+
+    /// The `aud` of client assertions ([`ClientAuth::SecretJwt`],
+    /// [`private_key_jwt`](Self::private_key_jwt)).
+    #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto")))
+    )]
+    pub fn assertion_audience(mut self, audience: impl Into<String>) -> Self {
+        self.jose.audience = Some(audience.into());
+        self
+    }
+
+    /// Settings from discovery.
+    pub(crate) fn discovered(
+        mut self,
+        issuer: String,
+        dpop_algs: Vec<String>,
+        allow_http: bool,
+    ) -> Self {
+        self.issuer = Some(issuer);
+        self.dpop_algs = dpop_algs;
+        self.allow_http |= allow_http;
+        self
+    }
+
     /// Builds the provider. Spawns nothing: no runtime is needed until the first request.
     ///
     /// # Errors
@@ -745,25 +913,7 @@ impl<T> OAuthProviderBuilder<T> {
         T: TransportChoice,
     {
         let allow_http = self.allow_http;
-        let parse_url = |url: &str, what: &'static str| -> Result<Uri, Error> {
-            let uri: Uri = url
-                .parse()
-                .map_err(|_| Error::Config(format!("the {what} is not a valid URL").into()))?;
-            match (uri.scheme_str(), uri.host()) {
-                (Some("https"), Some(_)) => Ok(uri),
-                (Some("http"), Some(host)) if allow_http || is_loopback(host) => Ok(uri),
-                (Some("http"), Some(_)) => Err(Error::Config(
-                    format!(
-                        "the {what} is plain http, which would send the client secret and \
-                         refresh token in clear text: use https, or call `allow_http(true)`"
-                    )
-                    .into(),
-                )),
-                _ => Err(Error::Config(
-                    format!("the {what} must be an absolute http(s) URL").into(),
-                )),
-            }
-        };
+        let parse_url = |url: &str, what: &'static str| check_endpoint(url, what, allow_http);
         let token_url = parse_url(&self.token_url, "token URL")?;
         let revocation_url = self
             .revocation_url
@@ -792,6 +942,22 @@ impl<T> OAuthProviderBuilder<T> {
             Some(t) => t,
             None => default_transport(plain_loopback)?,
         };
+        #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+        let assertion = self.jose.assertion(
+            self.client_auth,
+            self.client_secret.as_ref(),
+            self.issuer.as_deref(),
+            &self.token_url,
+        )?;
+        #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+        if self.jose.dpop.is_some()
+            && !self.dpop_algs.is_empty()
+            && !self.dpop_algs.iter().any(|a| a == "ES256")
+        {
+            return Err(Error::Config(
+                "the server's metadata lists no ES256 among its DPoP algorithms".into(),
+            ));
+        }
         let config = Config {
             token_url,
             revocation_url,
@@ -814,6 +980,10 @@ impl<T> OAuthProviderBuilder<T> {
             store_timeout: capped(self.store_timeout),
             lease_ttl: capped(self.lease_ttl).max(Duration::from_millis(30)),
             min_lifetime: MIN_LIFETIME,
+            #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+            dpop: self.jose.dpop.map(|key| Arc::new(dpop::Dpop::new(key))),
+            #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+            assertion,
         };
         let engine = Engine::new(
             config,
@@ -826,6 +996,68 @@ impl<T> OAuthProviderBuilder<T> {
         Ok(OAuthProvider {
             engine: Arc::new(engine),
         })
+    }
+}
+
+/// `url` as a token, revocation, issuer or metadata URL: absolute, `https://`, or `http://` on
+/// loopback or with `allow_http`.
+pub(crate) fn check_endpoint(url: &str, what: &str, allow_http: bool) -> Result<Uri, Error> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| Error::Config(format!("the {what} is not a valid URL").into()))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("https"), Some(_)) => Ok(uri),
+        (Some("http"), Some(host)) if allow_http || is_loopback(host) => Ok(uri),
+        (Some("http"), Some(_)) => Err(Error::Config(
+            format!(
+                "the {what} is plain http, which would send the client secret and \
+                 refresh token in clear text: use https, or call `allow_http(true)`"
+            )
+            .into(),
+        )),
+        _ => Err(Error::Config(
+            format!("the {what} must be an absolute http(s) URL").into(),
+        )),
+    }
+}
+
+#[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+impl Jose {
+    /// What signs client assertions, and their audience, for `client_auth`.
+    fn assertion(
+        &self,
+        client_auth: ClientAuth,
+        secret: Option<&ClientSecret>,
+        issuer: Option<&str>,
+        token_url: &str,
+    ) -> Result<Option<(assertion::AssertionSigner, String)>, Error> {
+        let signer = match client_auth {
+            ClientAuth::PrivateKeyJwt => match &self.assertion_key {
+                Some(key) => assertion::AssertionSigner::PrivateKey(key.clone()),
+                None => {
+                    return Err(Error::Config(
+                        "`private_key_jwt` needs a key: use `private_key_jwt(key)`".into(),
+                    ));
+                }
+            },
+            ClientAuth::SecretJwt => match secret {
+                Some(secret) => assertion::AssertionSigner::Secret(
+                    jsonwebtoken::EncodingKey::from_secret(secret.expose_secret().as_bytes()),
+                ),
+                None => {
+                    return Err(Error::Config(
+                        "`client_secret_jwt` needs a client secret".into(),
+                    ));
+                }
+            },
+            _ => return Ok(None),
+        };
+        let audience = self
+            .audience
+            .clone()
+            .or_else(|| issuer.map(str::to_owned))
+            .unwrap_or_else(|| token_url.to_owned());
+        Ok(Some((signer, audience)))
     }
 }
 
@@ -966,6 +1198,10 @@ mod tests {
             store_timeout: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(6),
             min_lifetime: MIN_LIFETIME,
+            #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+            dpop: None,
+            #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+            assertion: None,
         }
     }
 }

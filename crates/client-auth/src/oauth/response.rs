@@ -21,6 +21,8 @@ pub(crate) struct TokenResponse {
     pub(crate) refresh_token: Option<RefreshToken>,
     pub(crate) expires_in: Option<Duration>,
     pub(crate) scope: Option<String>,
+    /// `token_type: DPoP`: the token is bound to the provider's DPoP key.
+    pub(crate) dpop: bool,
 }
 
 /// Which grant was asked for: it decides whether `invalid_grant` ends a session.
@@ -38,9 +40,10 @@ pub(crate) fn parse_token_response(
     body: &Bytes,
     grant: GrantKind,
     unix_now: SystemTime,
+    accept_dpop: bool,
 ) -> Result<TokenResponse, Error> {
     if status.is_success() {
-        return parse_success(body);
+        return parse_success(body, accept_dpop);
     }
     if status.is_redirection() {
         return Err(Error::Redirect { status });
@@ -78,7 +81,15 @@ pub(crate) fn rotated_refresh_token(body: &Bytes) -> Option<RefreshToken> {
     }
 }
 
-fn parse_success(body: &Bytes) -> Result<TokenResponse, Error> {
+/// Whether an answer is the token endpoint's `400 use_dpop_nonce` (RFC 9449 §8): retry once
+/// with the nonce from its `DPoP-Nonce` header.
+#[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+pub(crate) fn is_use_dpop_nonce(status: StatusCode, body: &Bytes) -> bool {
+    status == StatusCode::BAD_REQUEST
+        && parse_error(status, body).is_some_and(|e| e.code() == "use_dpop_nonce")
+}
+
+fn parse_success(body: &Bytes, accept_dpop: bool) -> Result<TokenResponse, Error> {
     let invalid = Error::InvalidResponse;
     let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(body) else {
         return Err(invalid(InvalidResponse::NotJson));
@@ -87,11 +98,14 @@ fn parse_success(body: &Bytes) -> Result<TokenResponse, Error> {
         Some(Value::String(s)) if !s.trim().is_empty() => AccessToken::new(s),
         _ => return Err(invalid(InvalidResponse::MissingAccessToken)),
     };
-    match map.get("token_type") {
-        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
+    // `DPoP` only from a provider that sent a proof: anything else would be a token this
+    // client cannot present.
+    let dpop = match map.get("token_type") {
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => false,
+        Some(Value::String(t)) if accept_dpop && t.eq_ignore_ascii_case("dpop") => true,
         Some(_) => return Err(invalid(InvalidResponse::UnsupportedTokenType)),
         None => return Err(invalid(InvalidResponse::MissingTokenType)),
-    }
+    };
     let expires_in = match map.get("expires_in") {
         None | Some(Value::Null) => None,
         Some(v) => Some(parse_expires_in(v).ok_or(invalid(InvalidResponse::InvalidExpiresIn))?),
@@ -109,6 +123,7 @@ fn parse_success(body: &Bytes) -> Result<TokenResponse, Error> {
         refresh_token,
         expires_in,
         scope,
+        dpop,
     })
 }
 
@@ -160,7 +175,34 @@ mod tests {
             &Bytes::from(body.to_owned()),
             GrantKind::RefreshToken,
             SystemTime::now(),
+            false,
         )
+    }
+
+    #[test]
+    #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+    fn a_dpop_token_type_is_accepted_only_from_a_dpop_provider() {
+        let body = Bytes::from_static(br#"{"access_token":"at","token_type":"DPoP"}"#);
+        let answer = |accept_dpop| {
+            parse_token_response(
+                StatusCode::OK,
+                &HeaderMap::new(),
+                &body,
+                GrantKind::ClientCredentials,
+                SystemTime::now(),
+                accept_dpop,
+            )
+        };
+        assert!(answer(true).unwrap().dpop);
+        assert!(matches!(
+            answer(false),
+            Err(Error::InvalidResponse(
+                InvalidResponse::UnsupportedTokenType
+            ))
+        ));
+        let nonce = Bytes::from_static(br#"{"error":"use_dpop_nonce"}"#);
+        assert!(is_use_dpop_nonce(StatusCode::BAD_REQUEST, &nonce));
+        assert!(!is_use_dpop_nonce(StatusCode::UNAUTHORIZED, &nonce));
     }
 
     #[test]
@@ -243,6 +285,7 @@ mod tests {
             &Bytes::from_static(br#"{"error":"invalid_grant"}"#),
             GrantKind::ClientCredentials,
             SystemTime::now(),
+            false,
         );
         assert!(matches!(cc, Err(Error::Rejected(_))));
     }
