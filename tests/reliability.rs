@@ -917,6 +917,7 @@ async fn secrets_never_reach_logs_errors_or_debug() {
         expires_at: None,
         scope: None,
         issued_at: None,
+        dpop_jkt: None,
     };
     let memory = MemoryStore::with("ns", stored.clone());
     let tokens = Tokens {
@@ -924,6 +925,7 @@ async fn secrets_never_reach_logs_errors_or_debug() {
         refresh_token: Some(RefreshToken::new(MARKED.refresh_token)),
         expires_in: None,
         lifetime: None,
+        dpop_bound: false,
     };
     let builder = OAuthProvider::refresh_token_grant("http://127.0.0.1:9/token")
         .client_id("test-client")

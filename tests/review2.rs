@@ -396,6 +396,7 @@ async fn set_tokens_in_one_process_wins_over_another_processs_refresh_redis() {
         refresh_token: Some(RefreshToken::new(bob.refresh_token.as_str())),
         expires_in: Some(Duration::from_secs(3600)),
         lifetime: None,
+        dpop_bound: false,
     })
     .await
     .unwrap();

@@ -214,6 +214,7 @@ fn a_trace_capture_of_the_new_paths_holds_no_secret() {
                 refresh_token: Some(RefreshToken::new(bob.refresh_token.as_str())),
                 expires_in: Some(Duration::from_secs(3600)),
                 lifetime: None,
+                dpop_bound: false,
             })
             .await
             .unwrap();
@@ -272,6 +273,7 @@ fn a_trace_capture_of_the_new_paths_holds_no_secret() {
                 refresh_token: Some(RefreshToken::new("rt_ECHOED_MARKER_0123456789")),
                 expires_in: None,
                 lifetime: None,
+                dpop_bound: false,
             })
             .await
             .unwrap();

@@ -189,6 +189,7 @@ mod cipher {
                 expires_at: UNIX_EPOCH.checked_add(Duration::from_millis(1_900_000_000_000)),
                 scope: None,
                 issued_at: None,
+                dpop_jkt: None,
             }
         }
 

@@ -29,6 +29,7 @@ fn tokens(marker: &str) -> StoredTokens {
         expires_at: SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(1_900_000_000_000)),
         scope: None,
         issued_at: None,
+        dpop_jkt: None,
     }
 }
 

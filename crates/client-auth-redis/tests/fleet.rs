@@ -18,8 +18,11 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use client_auth::{AccessToken, Error, FileStore, ManualClock, OAuthProvider, RefreshToken, ReqwestTransport, StoredTokens, TokenStore, TokenTransport};
 use client_auth::adapter::BoxFuture;
+use client_auth::{
+    AccessToken, Error, FileStore, ManualClock, OAuthProvider, RefreshToken, ReqwestTransport,
+    StoredTokens, TokenStore, TokenTransport,
+};
 use client_auth_redis::RedisStore;
 use client_auth_testkit::{ServerConfig, TestServer};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
@@ -494,6 +497,7 @@ async fn seed(server: &TestServer, store: &dyn TokenStore, secrets: &mut Secrets
         expires_at: Some(SystemTime::now() + Duration::from_secs(issued.expires_in)),
         scope: None,
         issued_at: None,
+        dpop_jkt: None,
     };
     store.clear(NS).await.unwrap();
     store.save(NS, &tokens).await.unwrap();

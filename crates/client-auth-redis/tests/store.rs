@@ -22,6 +22,7 @@ fn tokens(marker: &str) -> StoredTokens {
         expires_at: SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(1_900_000_000_000)),
         scope: Some("read".to_owned()),
         issued_at: None,
+        dpop_jkt: None,
     }
 }
 

@@ -452,6 +452,7 @@ mod file_store {
                 .checked_add(Duration::from_millis(1_900_000_000_000)),
             scope: None,
             issued_at: None,
+            dpop_jkt: None,
         }
     }
 

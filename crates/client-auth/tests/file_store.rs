@@ -40,6 +40,7 @@ async fn providers_sharing_a_file_store_refresh_a_rotating_token_once() {
                 expires_at: Some(SystemTime::now() + Duration::from_secs(100)),
                 scope: None,
                 issued_at: None,
+                dpop_jkt: None,
             },
         )
         .await
@@ -110,6 +111,7 @@ fn tokens(marker: &str) -> StoredTokens {
         expires_at: SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(1_900_000_000_000)),
         scope: None,
         issued_at: None,
+        dpop_jkt: None,
     }
 }
 

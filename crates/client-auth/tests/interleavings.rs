@@ -450,6 +450,7 @@ fn tokens(at: Option<&str>, rt: &str) -> Tokens {
         refresh_token: Some(RefreshToken::new(rt)),
         expires_in: Some(Duration::from_secs(3600)),
         lifetime: None,
+        dpop_bound: false,
     }
 }
 

@@ -1345,6 +1345,7 @@ impl Harness {
                     expires_at: Some(now + secs(1800)),
                     scope: None,
                     issued_at: Some(now - secs(1800)),
+                    dpop_jkt: None,
                 });
             }
         }
@@ -1462,6 +1463,7 @@ impl Harness {
                     expires_at: Some(now + secs(LIFETIME)),
                     scope: None,
                     issued_at: Some(now),
+                    dpop_jkt: None,
                 });
                 self.m.ext.push((at.clone(), rt.clone()));
                 self.m.expect_store(StoreExpect::Any);
@@ -1846,6 +1848,7 @@ impl Harness {
                     refresh_token: rt.as_deref().map(RefreshToken::new),
                     expires_in: lifetime.then(|| secs(LIFETIME)),
                     lifetime: None,
+                    dpop_bound: false,
                 };
                 self.note(format!("set_tokens({at:?}, {rt:?}, lifetime: {lifetime})"));
                 new_tokens = Some((at, rt, *lifetime));
@@ -3090,6 +3093,7 @@ async fn set_tokens_during_an_in_flight_refresh_leaves_the_new_users_refresh_tok
             refresh_token: Some(RefreshToken::new("rt-user")),
             expires_in: Some(secs(LIFETIME)),
             lifetime: None,
+            dpop_bound: false,
         }),
     )
     .await
@@ -3208,6 +3212,7 @@ async fn set_tokens_with_only_a_refresh_token_during_a_refresh_gives_its_waiters
             refresh_token: Some(RefreshToken::new("rt-user")),
             expires_in: None,
             lifetime: None,
+            dpop_bound: false,
         }),
     )
     .await
@@ -3330,6 +3335,7 @@ async fn tokens_a_failed_logout_left_in_the_store_never_come_back_after_invalid_
             refresh_token: Some(RefreshToken::new("rt-new-user")),
             expires_in: None,
             lifetime: None,
+            dpop_bound: false,
         })
         .await
     })

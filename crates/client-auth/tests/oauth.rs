@@ -6,8 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use client_auth::{AccessToken, AuthorizationProvider, Credential, Error, ManualClock, MemoryStore, OAuthProvider, OAuthProviderBuilder, RefreshToken, RequestView, SessionReason, SessionState, StoreError, StoredTokens, TokenStore, Tokens, Unauthorized};
 use client_auth::adapter::BoxFuture;
+use client_auth::{
+    AccessToken, AuthorizationProvider, Credential, Error, ManualClock, MemoryStore, OAuthProvider,
+    OAuthProviderBuilder, RefreshToken, RequestView, SessionReason, SessionState, StoreError,
+    StoredTokens, TokenStore, Tokens, Unauthorized,
+};
 use client_auth_testkit::{Fault, ServerConfig, TestServer};
 use http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::sync::Notify;
@@ -325,6 +329,7 @@ async fn invalid_grant_clears_the_store_ends_the_session_and_later_calls_fail_wi
             refresh_token: Some(RefreshToken::new(again.refresh_token.as_str())),
             expires_in: Some(Duration::from_secs(3600)),
             lifetime: None,
+            dpop_bound: false,
         })
         .await
         .unwrap();
@@ -606,6 +611,7 @@ async fn a_valid_access_token_found_in_the_store_is_served_without_a_refresh() {
             expires_at: Some(std::time::SystemTime::now() + Duration::from_secs(1800)),
             scope: None,
             issued_at: None,
+            dpop_jkt: None,
         },
     ));
     let provider = builder(&server, &clock).store(store, NS).build().unwrap();

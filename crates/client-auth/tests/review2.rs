@@ -326,6 +326,7 @@ async fn a_timed_out_file_store_write_never_lands_after_a_later_logout() {
             refresh_token: Some(RefreshToken::new("rt-LOGGED-OUT")),
             expires_in: Some(Duration::from_secs(3600)),
             lifetime: None,
+            dpop_bound: false,
         })
         .await;
     assert!(

@@ -516,6 +516,7 @@ async fn an_adopted_token_gets_its_windows_from_its_whole_lifetime() {
             expires_at: Some(now + Duration::from_secs(12)),
             issued_at: Some(now - Duration::from_secs(3600)),
             scope: None,
+            dpop_jkt: None,
         },
     ));
     let script = Script::new([ok("at-new", Some("rt-2"), 3600)]);
@@ -548,6 +549,7 @@ async fn tokens_handed_in_with_their_whole_lifetime_are_refreshed_in_its_hard_wi
             refresh_token: Some(RefreshToken::new("rt-1")),
             expires_in: Some(Duration::from_secs(12)),
             lifetime: Some(Duration::from_secs(3600)),
+            dpop_bound: false,
         })
         .await
         .unwrap();
