@@ -50,10 +50,13 @@ impl Seen {
     }
 }
 
+/// A scripted answer: status, headers, body.
+type Answer = (u16, Vec<(&'static str, String)>, String);
+
 /// A scripted endpoint: answers in order, every request recorded.
 #[derive(Default)]
 struct Script {
-    answers: Mutex<VecDeque<(u16, Vec<(&'static str, String)>, String)>>,
+    answers: Mutex<VecDeque<Answer>>,
     seen: Mutex<Vec<Seen>>,
 }
 
