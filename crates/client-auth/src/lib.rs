@@ -41,6 +41,10 @@
 //!   and [`CustomerTokenSigner`] to mint HS256 customer tokens in a backend.
 //! - Your own: implement [`AuthorizationProvider`] (dyn-compatible).
 //!
+//! The OAuth provider can start from the server's metadata ([`OAuthProvider::discover`]),
+//! bind its tokens to a key with DPoP ([`OAuthProviderBuilder::dpop`]), and authenticate the
+//! client with a signed JWT ([`OAuthProviderBuilder::private_key_jwt`]).
+//!
 //! Tokens persist in a [`TokenStore`]: [`MemoryStore`] (the default), `FileStore` for the
 //! processes of one host, or `RedisStore` (crate `client-auth-redis`) for a fleet.
 //!
@@ -74,8 +78,8 @@
 //! | `rustls` | `reqwest` with reqwest's `rustls` TLS backend |
 //! | `native-tls` | `reqwest` with reqwest's `native-tls` TLS backend |
 //! | `tower` | [`TowerTransport`]: the token-endpoint transport on any `tower_service::Service` |
-//! | `jwt-aws-lc-rs` | [`CustomerTokenSigner`] signing through aws-lc-rs |
-//! | `jwt-rust-crypto` | [`CustomerTokenSigner`] signing through RustCrypto |
+//! | `jwt-aws-lc-rs` | JOSE through aws-lc-rs: [`CustomerTokenSigner`], DPoP ([`DpopKey`]), client assertions ([`ClientAssertionKey`], [`ClientAuth::SecretJwt`]) |
+//! | `jwt-rust-crypto` | the same through RustCrypto; both may be on at once |
 //! | `file-store` | [`FileStore`]: a token store in files with an advisory refresh lock, for processes on one host |
 //! | `test-util` | [`ManualClock`], a clock tests move by hand |
 //!
