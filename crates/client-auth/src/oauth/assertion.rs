@@ -10,10 +10,6 @@ use serde::Serialize;
 use crate::error::Error;
 use crate::jwt::{JwtBackend, compact_jws};
 
-/// `client_assertion_type` for a JWT (RFC 7523 §2.2).
-pub(crate) const JWT_BEARER_ASSERTION: &str =
-    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
 /// How long an assertion is valid: long enough for one token request.
 const ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
 
@@ -160,14 +156,26 @@ impl AssertionSigner {
         audience: &str,
         now: SystemTime,
     ) -> Result<zeroize::Zeroizing<String>, Error> {
+        self.claims_assertion(client_id, client_id, audience, now)
+    }
+
+    /// An assertion with `issuer`, `subject` and `audience`, issued at `now`: a unique `jti`,
+    /// valid for a minute.
+    pub(crate) fn claims_assertion(
+        &self,
+        issuer: &str,
+        subject: &str,
+        audience: &str,
+        now: SystemTime,
+    ) -> Result<zeroize::Zeroizing<String>, Error> {
         let iat = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_err(|_| Error::Signing("the time is before 1970".into()))?
             .as_secs();
         let jti = format!("{:032x}", fastrand::u128(..));
         let claims = Claims {
-            iss: client_id,
-            sub: client_id,
+            iss: issuer,
+            sub: subject,
             aud: audience,
             jti: &jti,
             iat,

@@ -24,7 +24,7 @@ use http::{HeaderMap, StatusCode};
 use tracing::Instrument as _;
 
 use super::response::{GrantKind, MAX_LIFETIME, parse_token_response, rotated_refresh_token};
-use super::{Config, TokenTransport, Tokens};
+use super::{Config, Inputs, TokenTransport, Tokens};
 use crate::clock::Clock;
 use crate::error::{Error, SessionEnd, StoreError, TransportError};
 use crate::provider::{AuthorizeFuture, Credential, Generation, Unauthorized, UnauthorizedFuture};
@@ -438,10 +438,7 @@ impl Engine {
         epoch: u64,
         known: Option<Arc<Cached>>,
     ) {
-        let grant = match self.config.grant {
-            GrantKind::RefreshToken => "refresh_token",
-            GrantKind::ClientCredentials => "client_credentials",
-        };
+        let grant = self.config.grant.name();
         let span = tracing::info_span!(
             "client_auth.refresh",
             provider = "oauth",
@@ -856,7 +853,12 @@ impl Engine {
         }
         let sent_at = self.clock.now();
         let sent_unix = self.clock.unix_now();
-        let (parts, body) = self.token_call(refresh_token.as_ref()).await?;
+        let (parts, mut body, inputs) = self.token_call(refresh_token.as_ref()).await?;
+        if let Some(map) = &self.config.response_map
+            && parts.status.is_success()
+        {
+            body = map.apply(&body);
+        }
         let rotated_on_failure = |error: Error| Failed {
             rotated: if parts.status.is_success() {
                 rotated_refresh_token(&body)
@@ -873,7 +875,12 @@ impl Engine {
             self.clock.unix_now(),
             self.dpop_jkt().is_some(),
         )
-        .map_err(|e| rotated_on_failure(self.redacted(e, refresh_token.as_ref())))?;
+        .map_err(|e| {
+            rotated_on_failure(
+                self.redacted(e, refresh_token.as_ref())
+                    .redacted(&inputs.secrets()),
+            )
+        })?;
         let mut lifetime = parsed.expires_in.or(self.config.assume_lifetime);
         let short_lived = lifetime.is_some_and(|l| l < self.config.min_lifetime);
         if short_lived {
@@ -925,14 +932,19 @@ impl Engine {
     async fn token_call(
         &self,
         refresh_token: Option<&RefreshToken>,
-    ) -> Result<(http::response::Parts, bytes::Bytes), Error> {
+    ) -> Result<(http::response::Parts, bytes::Bytes, Inputs), Error> {
+        let inputs = self.config.inputs(true).await?;
         let mut nonce_retry = true;
         loop {
-            let mut request = self.config.token_request(refresh_token)?;
+            let mut request = self.config.token_request(refresh_token, &inputs)?;
             self.prove_token_request(&mut request)?;
-            let (parts, body) = self.send(request, refresh_token).await?.into_parts();
+            let (parts, body) = self
+                .send(request, refresh_token)
+                .await
+                .map_err(|e| e.redacted(&inputs.secrets()))?
+                .into_parts();
             if !self.token_nonce(&parts, &body) || !nonce_retry {
-                return Ok((parts, body));
+                return Ok((parts, body, inputs));
             }
             nonce_retry = false;
             tracing::debug!("the token endpoint asked for a DPoP nonce; asking once more with it");
@@ -1278,12 +1290,14 @@ impl Engine {
 
     async fn revoke(&self, url: &http::Uri, token: &RefreshToken) -> Result<(), Error> {
         tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let inputs = self.config.inputs(false).await?;
         let request = self.config.form_request(
             url,
             &[
                 ("token", token.expose_secret()),
                 ("token_type_hint", "refresh_token"),
             ],
+            &inputs,
         )?;
         let response = self.send(request, Some(token)).await?;
         if response.status().is_success() {

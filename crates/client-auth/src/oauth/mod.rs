@@ -7,6 +7,7 @@ mod discovery;
 #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
 mod dpop;
 mod response;
+mod source;
 mod transport;
 
 use std::fmt;
@@ -21,6 +22,7 @@ use http::{Method, StatusCode, Uri};
 use tokio::sync::watch;
 
 pub use discovery::ServerMetadata;
+pub use source::AssertionSource;
 #[cfg(feature = "reqwest")]
 pub use transport::ReqwestTransport;
 pub use transport::TokenTransport;
@@ -38,7 +40,7 @@ use crate::provider::{
     AuthorizationProvider, AuthorizeFuture, Credential, RequestView, UnauthorizedFuture,
 };
 use crate::redact;
-use crate::secret::{AccessToken, ClientSecret, RefreshToken};
+use crate::secret::{AccessToken, ClientSecret, RefreshToken, SecretString};
 use crate::session::SessionState;
 use crate::store::{MemoryStore, TokenStore};
 use cache::Engine;
@@ -68,6 +70,10 @@ pub enum ClientAuth {
         doc(cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto")))
     )]
     PrivateKeyJwt,
+    /// A client assertion issued by someone else (a workload identity token), read from an
+    /// [`AssertionSource`] for every request; set by
+    /// [`OAuthProviderBuilder::client_assertion`].
+    Assertion,
 }
 
 /// Tokens obtained elsewhere (a sign-in), handed to [`OAuthProvider::set_tokens`].
@@ -137,6 +143,24 @@ impl Windows {
     }
 }
 
+/// A token-answer map ([`OAuthProviderBuilder::map_token_response`]).
+#[derive(Clone)]
+pub(crate) struct ResponseMap(Arc<dyn Fn(serde_json::Value) -> serde_json::Value + Send + Sync>);
+
+impl fmt::Debug for ResponseMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResponseMap(..)")
+    }
+}
+
+impl ResponseMap {
+    /// The mapped body of a successful answer (`Null` for one that is not JSON).
+    pub(crate) fn apply(&self, body: &Bytes) -> Bytes {
+        let answer = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+        Bytes::from(serde_json::to_vec(&(self.0)(answer)).unwrap_or_default())
+    }
+}
+
 /// Everything the provider needs, fixed at build time.
 pub(crate) struct Config {
     pub(crate) token_url: Uri,
@@ -147,6 +171,16 @@ pub(crate) struct Config {
     pub(crate) grant: GrantKind,
     pub(crate) scope: Option<String>,
     pub(crate) extra_params: Vec<(String, String)>,
+    /// Headers sent with every token and revocation request.
+    pub(crate) extra_headers: http::HeaderMap,
+    /// Maps a successful token answer's JSON to the standard shape.
+    pub(crate) response_map: Option<ResponseMap>,
+    /// The grant's assertion (JWT bearer) or subject token (token exchange).
+    pub(crate) grant_source: Option<AssertionSource>,
+    /// The `subject_token_type` of a token exchange.
+    pub(crate) subject_token_type: String,
+    /// A client assertion issued by someone else ([`ClientAuth::Assertion`]).
+    pub(crate) client_assertion: Option<AssertionSource>,
     pub(crate) namespace: String,
     pub(crate) timeout: Duration,
     pub(crate) max_body: usize,
@@ -198,6 +232,7 @@ impl Config {
         &self,
         url: &Uri,
         params: &[(&str, &str)],
+        inputs: &Inputs,
     ) -> Result<http::Request<Bytes>, Error> {
         let mut form = form_urlencoded::Serializer::new(String::new());
         for (k, v) in params {
@@ -208,6 +243,9 @@ impl Config {
             .uri(url.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json");
+        for (name, value) in &self.extra_headers {
+            builder = builder.header(name, value.clone());
+        }
         match (&self.client_secret, self.client_auth) {
             #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
             (_, ClientAuth::SecretJwt | ClientAuth::PrivateKeyJwt) => {
@@ -217,8 +255,16 @@ impl Config {
                 let jwt =
                     signer.assertion(&self.client_id, audience, std::time::SystemTime::now())?;
                 form.append_pair("client_id", &self.client_id);
-                form.append_pair("client_assertion_type", assertion::JWT_BEARER_ASSERTION);
+                form.append_pair("client_assertion_type", JWT_BEARER_CLIENT_ASSERTION);
                 form.append_pair("client_assertion", &jwt);
+            }
+            (_, ClientAuth::Assertion) => {
+                let assertion = inputs.client_assertion.as_ref().ok_or(Error::Config(
+                    "client assertion authentication without an assertion".into(),
+                ))?;
+                form.append_pair("client_id", &self.client_id);
+                form.append_pair("client_assertion_type", JWT_BEARER_CLIENT_ASSERTION);
+                form.append_pair("client_assertion", assertion.expose_secret());
             }
             (Some(secret), ClientAuth::SecretBasic) => {
                 let encoded = self.basic_credential(secret);
@@ -254,8 +300,16 @@ impl Config {
     pub(crate) fn token_request(
         &self,
         refresh_token: Option<&RefreshToken>,
+        inputs: &Inputs,
     ) -> Result<http::Request<Bytes>, Error> {
-        let mut params: Vec<(&str, &str)> = Vec::with_capacity(3 + self.extra_params.len());
+        let mut params: Vec<(&str, &str)> = Vec::with_capacity(5 + self.extra_params.len());
+        let grant_assertion = || {
+            inputs
+                .grant_assertion
+                .as_ref()
+                .map(SecretString::expose_secret)
+                .ok_or(Error::Config("the grant has no assertion source".into()))
+        };
         match self.grant {
             GrantKind::RefreshToken => {
                 params.push(("grant_type", "refresh_token"));
@@ -264,6 +318,21 @@ impl Config {
                 }
             }
             GrantKind::ClientCredentials => params.push(("grant_type", "client_credentials")),
+            GrantKind::JwtBearer => {
+                params.push(("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"));
+                params.push(("assertion", grant_assertion()?));
+            }
+            GrantKind::TokenExchange => {
+                params.push((
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange",
+                ));
+                params.push(("subject_token", grant_assertion()?));
+                params.push(("subject_token_type", &self.subject_token_type));
+            }
+        }
+        if let Some(claims) = &inputs.claims {
+            params.push(("claims", claims));
         }
         if let Some(scope) = &self.scope {
             params.push(("scope", scope));
@@ -271,7 +340,54 @@ impl Config {
         for (k, v) in &self.extra_params {
             params.push((k, v));
         }
-        self.form_request(&self.token_url, &params)
+        self.form_request(&self.token_url, &params, inputs)
+    }
+
+    /// What a token or revocation request needs that is read afresh each time: the grant's
+    /// assertion and a client assertion from their sources.
+    pub(crate) async fn inputs(&self, with_grant: bool) -> Result<Inputs, Error> {
+        let grant_assertion = match (&self.grant_source, with_grant) {
+            (Some(source), true) => Some(source.get().await?),
+            _ => None,
+        };
+        let client_assertion = match &self.client_assertion {
+            Some(source) if self.client_auth == ClientAuth::Assertion => Some(source.get().await?),
+            _ => None,
+        };
+        Ok(Inputs {
+            grant_assertion,
+            client_assertion,
+            claims: None,
+        })
+    }
+}
+
+/// The default `subject_token_type` of a token exchange (RFC 8693 §3).
+const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// `client_assertion_type` of a JWT client assertion (RFC 7523 §2.2).
+const JWT_BEARER_CLIENT_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// A token request's inputs read at send time.
+#[derive(Default)]
+pub(crate) struct Inputs {
+    pub(crate) grant_assertion: Option<SecretString>,
+    pub(crate) client_assertion: Option<SecretString>,
+    /// A claims challenge's `claims` (the decoded JSON), for one token request.
+    pub(crate) claims: Option<String>,
+}
+
+impl Inputs {
+    /// The secrets these inputs hold, to remove from any error text.
+    pub(crate) fn secrets(&self) -> [&str; 2] {
+        [
+            self.grant_assertion
+                .as_ref()
+                .map_or("", SecretString::expose_secret),
+            self.client_assertion
+                .as_ref()
+                .map_or("", SecretString::expose_secret),
+        ]
     }
 }
 
@@ -358,6 +474,47 @@ impl OAuthProvider {
     /// A builder for a service identity using the `client_credentials` grant.
     pub fn client_credentials(token_url: impl Into<String>) -> OAuthProviderBuilder {
         OAuthProviderBuilder::new(token_url.into(), GrantKind::ClientCredentials)
+    }
+
+    /// A builder for the JWT bearer grant (RFC 7523 §2.1): every token request sends the
+    /// current `assertion` from `source` (a workload identity token, or one this client signs
+    /// with [`AssertionSource::signed`]).
+    ///
+    /// ```
+    /// # #[cfg(feature = "reqwest")] {
+    /// use client_auth::{AssertionSource, OAuthProvider};
+    ///
+    /// let provider = OAuthProvider::jwt_bearer_grant(
+    ///     "https://auth.example.com/token",
+    ///     AssertionSource::file("/var/run/secrets/tokens/api-token"),
+    /// )
+    /// .client_id("my-workload")
+    /// .build()?;
+    /// # let _ = provider;
+    /// # }
+    /// # Ok::<(), client_auth::Error>(())
+    /// ```
+    pub fn jwt_bearer_grant(
+        token_url: impl Into<String>,
+        source: AssertionSource,
+    ) -> OAuthProviderBuilder {
+        let mut builder = OAuthProviderBuilder::new(token_url.into(), GrantKind::JwtBearer);
+        builder.grant_source = Some(source);
+        builder
+    }
+
+    /// A builder for token exchange (RFC 8693): every token request trades the current token
+    /// from `subject` (`subject_token`, of type
+    /// [`subject_token_type`](OAuthProviderBuilder::subject_token_type), a JWT by default) for
+    /// an access token; name the API with
+    /// [`extra_param`](OAuthProviderBuilder::extra_param)`("audience", ..)` or `("resource", ..)`.
+    pub fn token_exchange(
+        token_url: impl Into<String>,
+        subject: AssertionSource,
+    ) -> OAuthProviderBuilder {
+        let mut builder = OAuthProviderBuilder::new(token_url.into(), GrantKind::TokenExchange);
+        builder.grant_source = Some(subject);
+        builder
     }
 
     /// Reads the metadata of the authorization server `issuer` (OpenID Connect discovery,
@@ -485,6 +642,13 @@ pub struct OAuthProviderBuilder<T = DefaultTransport> {
     client_auth: ClientAuth,
     scope: Option<String>,
     extra_params: Vec<(String, String)>,
+    extra_headers: http::HeaderMap,
+    response_map: Option<ResponseMap>,
+    /// A `token_request_header` that is not a valid header: refused by `build`.
+    invalid_header: bool,
+    grant_source: Option<AssertionSource>,
+    subject_token_type: String,
+    client_assertion: Option<AssertionSource>,
     refresh_token: Option<RefreshToken>,
     access_token: Option<(AccessToken, Option<Duration>)>,
     store: Option<Arc<dyn TokenStore>>,
@@ -586,6 +750,12 @@ impl OAuthProviderBuilder {
             client_auth: ClientAuth::default(),
             scope: None,
             extra_params: Vec::new(),
+            extra_headers: http::HeaderMap::new(),
+            response_map: None,
+            invalid_header: false,
+            grant_source: None,
+            subject_token_type: JWT_TOKEN_TYPE.to_owned(),
+            client_assertion: None,
             refresh_token: None,
             access_token: None,
             store: None,
@@ -642,6 +812,82 @@ impl<T> OAuthProviderBuilder<T> {
         self
     }
 
+    /// The `subject_token_type` of a [token exchange](OAuthProvider::token_exchange) (default
+    /// `urn:ietf:params:oauth:token-type:jwt`).
+    pub fn subject_token_type(mut self, token_type: impl Into<String>) -> Self {
+        self.subject_token_type = token_type.into();
+        self
+    }
+
+    /// Authenticates the client with an assertion someone else issued, read from `source` for
+    /// every request ([`ClientAuth::Assertion`]): a federated workload identity, where the
+    /// platform's token stands in for a client secret.
+    pub fn client_assertion(mut self, source: AssertionSource) -> Self {
+        self.client_assertion = Some(source);
+        self.client_auth = ClientAuth::Assertion;
+        self
+    }
+
+    /// A header sent with every token and revocation request (an API key a gateway in front of
+    /// the token endpoint asks for, say). The value is marked sensitive.
+    ///
+    /// # Errors
+    ///
+    /// None here: a name or value that is not a valid header is refused by
+    /// [`build`](Self::build) with [`Error::Config`].
+    pub fn token_request_header(mut self, name: &str, value: &str) -> Self {
+        match (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            (Ok(name), Ok(mut value)) => {
+                value.set_sensitive(true);
+                self.extra_headers.append(name, value);
+            }
+            _ => self.invalid_header = true,
+        }
+        self
+    }
+
+    /// Maps every successful token answer to the standard shape (RFC 6749 §5.1) before it is
+    /// read, for token endpoints that bend the spec: tokens nested in the JSON, `expires_at`
+    /// instead of `expires_in`, no `token_type`. The answer is read as strictly as without the
+    /// map afterwards: the 1 MiB cap, the rule that a returned refresh token replaces the old
+    /// one, and no token text in any error hold. Error answers are not mapped. An answer that
+    /// is not JSON reaches the map as `Value::Null`.
+    ///
+    /// ```
+    /// # #[cfg(feature = "reqwest")] {
+    /// use client_auth::OAuthProvider;
+    /// use serde_json::{Value, json};
+    ///
+    /// // {"data": {"token": "...", "expires_at": 1767225600}} → the standard shape.
+    /// let provider = OAuthProvider::client_credentials("https://auth.example.com/token")
+    ///     .client_id("svc")
+    ///     .map_token_response(|answer: Value| {
+    ///         let data = &answer["data"];
+    ///         let now = std::time::SystemTime::now()
+    ///             .duration_since(std::time::UNIX_EPOCH)
+    ///             .map_or(0, |d| d.as_secs());
+    ///         json!({
+    ///             "access_token": data["token"],
+    ///             "token_type": "Bearer",
+    ///             "expires_in": data["expires_at"].as_u64().map(|at| at.saturating_sub(now)),
+    ///         })
+    ///     })
+    ///     .build()?;
+    /// # let _ = provider;
+    /// # }
+    /// # Ok::<(), client_auth::Error>(())
+    /// ```
+    pub fn map_token_response(
+        mut self,
+        map: impl Fn(serde_json::Value) -> serde_json::Value + Send + Sync + 'static,
+    ) -> Self {
+        self.response_map = Some(ResponseMap(Arc::new(map)));
+        self
+    }
+
     /// The refresh token to start from (after a sign-in). Without one, the store is read at the
     /// first request.
     pub fn refresh_token(mut self, token: impl Into<RefreshToken>) -> Self {
@@ -688,6 +934,12 @@ impl<T> OAuthProviderBuilder<T> {
             client_auth: self.client_auth,
             scope: self.scope,
             extra_params: self.extra_params,
+            extra_headers: self.extra_headers,
+            response_map: self.response_map,
+            invalid_header: self.invalid_header,
+            grant_source: self.grant_source,
+            subject_token_type: self.subject_token_type,
+            client_assertion: self.client_assertion,
             refresh_token: self.refresh_token,
             access_token: self.access_token,
             store: self.store,
@@ -923,6 +1175,16 @@ impl<T> OAuthProviderBuilder<T> {
         let client_id = self
             .client_id
             .ok_or(Error::Config("a client id is required".into()))?;
+        if self.client_auth == ClientAuth::Assertion && self.client_assertion.is_none() {
+            return Err(Error::Config(
+                "`ClientAuth::Assertion` needs a source: use `client_assertion(source)`".into(),
+            ));
+        }
+        if self.invalid_header {
+            return Err(Error::Config(
+                "a token request header is not a valid header name and value".into(),
+            ));
+        }
         not_blank(self.access_token.as_ref().map(|(token, _)| token))?;
         let w = &self.windows;
         let ratios = [w.soft_ratio, w.soft_max_ratio, w.hard_ratio, w.jitter];
@@ -967,6 +1229,11 @@ impl<T> OAuthProviderBuilder<T> {
             grant: self.grant,
             scope: self.scope,
             extra_params: self.extra_params,
+            extra_headers: self.extra_headers,
+            response_map: self.response_map,
+            grant_source: self.grant_source,
+            subject_token_type: self.subject_token_type,
+            client_assertion: self.client_assertion,
             namespace: self.namespace,
             timeout: self.timeout,
             max_body: self.max_body,
@@ -1185,6 +1452,11 @@ mod tests {
             grant: GrantKind::RefreshToken,
             scope: Some("a b".into()),
             extra_params: vec![],
+            extra_headers: http::HeaderMap::new(),
+            response_map: None,
+            grant_source: None,
+            subject_token_type: JWT_TOKEN_TYPE.to_owned(),
+            client_assertion: None,
             namespace: "default".into(),
             timeout: Duration::from_secs(10),
             max_body: 1024,

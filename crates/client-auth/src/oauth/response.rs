@@ -30,6 +30,22 @@ pub(crate) struct TokenResponse {
 pub(crate) enum GrantKind {
     RefreshToken,
     ClientCredentials,
+    /// RFC 7523 §2.1.
+    JwtBearer,
+    /// RFC 8693.
+    TokenExchange,
+}
+
+impl GrantKind {
+    /// The grant's name, for spans and logs.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            GrantKind::RefreshToken => "refresh_token",
+            GrantKind::ClientCredentials => "client_credentials",
+            GrantKind::JwtBearer => "jwt_bearer",
+            GrantKind::TokenExchange => "token_exchange",
+        }
+    }
 }
 
 /// Turns a token-endpoint answer into tokens or a classified error. No part of the body ever
