@@ -155,6 +155,40 @@ pub(crate) fn scheme_error(headers: &HeaderMap, scheme: &str) -> Option<String> 
         .next()
 }
 
+/// The `claims` of a `Bearer error="insufficient_claims"` challenge (a claims challenge, as
+/// continuous access evaluation sends): the JSON to send as the `claims` parameter of the next
+/// token request. The parameter is base64 (with or without padding) of that JSON; a value that
+/// is JSON already is taken as it is. `None` for any other answer.
+pub(crate) fn claims_challenge(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let raw = headers
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| {
+            parse_challenges(v)
+                .into_iter()
+                .filter(|c| {
+                    c.scheme.eq_ignore_ascii_case("bearer")
+                        && c.param("error") == Some("insufficient_claims")
+                })
+                .filter_map(|c| c.param("claims").map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .next()?;
+    let json =
+        |text: &str| serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v.is_object());
+    if json(&raw) {
+        return Some(raw);
+    }
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(raw.as_bytes()).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|text| json(text))
+}
+
 /// Whether a refreshed credential could turn this answer into a success: a 401 that is not an
 /// `insufficient_scope` challenge. 403 and every other status: no.
 pub fn refresh_may_help(status: http::StatusCode, headers: &HeaderMap) -> bool {
@@ -172,6 +206,33 @@ pub fn is_insufficient_scope(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claims_challenge_gives_the_decoded_claims_json() {
+        let mut headers = HeaderMap::new();
+        let claims = r#"{"access_token":{"nbf":{"essential":true,"value":"1726077595"}}}"#;
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(claims);
+        headers.insert(
+            WWW_AUTHENTICATE,
+            format!(r#"Bearer realm="", error="insufficient_claims", claims="{encoded}""#)
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(claims_challenge(&headers).as_deref(), Some(claims));
+        headers.insert(
+            WWW_AUTHENTICATE,
+            r#"Bearer error="insufficient_claims", claims="not-base64-json""#
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(claims_challenge(&headers), None);
+        headers.insert(
+            WWW_AUTHENTICATE,
+            r#"Bearer error="invalid_token""#.parse().unwrap(),
+        );
+        assert_eq!(claims_challenge(&headers), None);
+    }
 
     #[test]
     fn parses_bearer_error_and_realm() {

@@ -3,13 +3,10 @@
 //! what each kind of 401 costs (token calls, retries). Expiry moves with a `ManualClock`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use bytes::Bytes;
-use client_auth::adapter::BoxFuture;
 use client_auth::{
     AuthorizationProvider, ClientAssertionKey, ClientAuth, Clock, Credential, DpopKey, Error,
     ManualClock, MemoryStore, OAuthProvider, RequestView, ServerMetadata, StoredTokens, TokenStore,
@@ -24,106 +21,10 @@ L2q/pS+oU5H7rafgmGWU0c4vez+hRANCAASOGTIEkNC7H3ZFOEnTcmL22BZ1XQRe
 LL/mSbSvXnKq7hmos+uXCANtJOPJmUePZYqTj7Fchoy0GJGsN/+DhL7f
 -----END PRIVATE KEY-----";
 
-/// One recorded request: its path, headers and form.
-#[derive(Debug, Clone)]
-struct Seen {
-    path: String,
-    headers: HeaderMap,
-    form: Vec<(String, String)>,
-}
+#[path = "support/script.rs"]
+mod script;
 
-impl Seen {
-    fn param(&self, name: &str) -> Option<&str> {
-        self.form
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-    fn dpop_claims(&self) -> serde_json::Value {
-        claims(
-            self.headers
-                .get("dpop")
-                .expect("a DPoP proof")
-                .to_str()
-                .unwrap(),
-        )
-    }
-}
-
-/// A scripted answer: status, headers, body.
-type Answer = (u16, Vec<(&'static str, String)>, String);
-
-/// A scripted endpoint: answers in order, every request recorded.
-#[derive(Default)]
-struct Script {
-    answers: Mutex<VecDeque<Answer>>,
-    seen: Mutex<Vec<Seen>>,
-}
-
-impl std::fmt::Debug for Script {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Script")
-    }
-}
-
-impl Script {
-    fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-    fn answer(&self, status: u16, headers: &[(&'static str, &str)], body: &str) {
-        self.answers.lock().unwrap().push_back((
-            status,
-            headers.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
-            body.to_owned(),
-        ));
-    }
-    fn token(&self, token_type: &str, at: &str) {
-        self.answer(
-            200,
-            &[],
-            &format!(r#"{{"access_token":"{at}","token_type":"{token_type}","expires_in":3600}}"#),
-        );
-    }
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-impl TokenTransport for Script {
-    fn send(
-        &self,
-        request: http::Request<Bytes>,
-        _max_body: usize,
-    ) -> BoxFuture<'static, Result<http::Response<Bytes>, Error>> {
-        self.seen.lock().unwrap().push(Seen {
-            path: request.uri().path().to_owned(),
-            headers: request.headers().clone(),
-            form: form_urlencoded::parse(request.body())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-        });
-        let (status, headers, body) = self
-            .answers
-            .lock()
-            .unwrap()
-            .pop_front()
-            .expect("the script ran out of answers");
-        let mut response = http::Response::builder().status(status);
-        for (name, value) in headers {
-            response = response.header(name, value);
-        }
-        let response = response.body(Bytes::from(body)).unwrap();
-        Box::pin(async move { Ok(response) })
-    }
-}
-
-fn claims(jwt: &str) -> serde_json::Value {
-    let part = jwt.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(part)
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
-}
+use script::{Script, claims};
 
 fn dpop_provider(script: &Arc<Script>, key: &DpopKey, clock: &ManualClock) -> OAuthProvider {
     OAuthProvider::client_credentials(TOKEN_URL)

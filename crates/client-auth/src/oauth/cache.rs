@@ -34,7 +34,7 @@ use crate::secret::{AccessToken, RefreshToken};
 use crate::session::{SessionReason, SessionState, SessionWatch};
 use crate::single_flight::{Completion, SingleFlight, Waiter};
 use crate::store::{RefreshLease, StoredTokens, TokenStore};
-use crate::www_authenticate::refresh_may_help;
+use crate::www_authenticate::{claims_challenge, refresh_may_help};
 
 /// A published access token with its decision points.
 #[derive(Debug)]
@@ -131,6 +131,8 @@ pub(crate) struct Engine {
     replaced: tokio::sync::watch::Sender<u64>,
     /// Steps of the 401 cooldown for never-accepted tokens; reset when any token is accepted.
     cooldown_step: AtomicU32,
+    /// A claims challenge's `claims`, sent with the next token request only.
+    claims: Mutex<Option<String>>,
     /// While backing off, no refresh-ahead before this point (nanoseconds after `base`), so the
     /// hot path in the soft window stays lock-free.
     ahead_not_before: AtomicU64,
@@ -227,6 +229,7 @@ impl Engine {
             write_gate: tokio::sync::Mutex::new(()),
             replaced: tokio::sync::watch::Sender::new(0),
             cooldown_step: AtomicU32::new(0),
+            claims: Mutex::new(None),
             ahead_not_before: AtomicU64::new(0),
             base,
             session: SessionWatch::new(if handed_in {
@@ -321,18 +324,35 @@ impl Engine {
     pub(crate) fn authorize(self: &Arc<Self>, force: bool) -> AuthorizeFuture {
         match self.get(force, |cached| cached.credential.clone()) {
             Ok(Join::Current(credential)) => AuthorizeFuture::ready(Ok(credential)),
-            Ok(Join::Wait(waiter)) => AuthorizeFuture::pending(async move {
-                waiter.wait().await?.map(|c| c.credential.clone())
-            }),
+            Ok(Join::Wait(waiter)) => {
+                let (metrics, timer) = self.wait_timer();
+                AuthorizeFuture::pending(async move {
+                    let outcome = waiter.wait().await;
+                    metrics.refresh_wait_done(timer);
+                    outcome?.map(|c| c.credential.clone())
+                })
+            }
             Err(e) => AuthorizeFuture::ready(Err(e)),
         }
+    }
+
+    /// What a caller that waits for a refresh records when its wait ends.
+    fn wait_timer(&self) -> (crate::metrics::OAuthMetrics, crate::metrics::Timer) {
+        let metrics = self.config.metrics.clone();
+        let timer = metrics.refresh_wait();
+        (metrics, timer)
     }
 
     /// The current access token for callers that set headers themselves.
     pub(crate) async fn current_token(self: &Arc<Self>, force: bool) -> Result<AccessToken, Error> {
         match self.get(force, |cached| cached.token.clone())? {
             Join::Current(token) => Ok(token),
-            Join::Wait(waiter) => Ok(waiter.wait().await??.token.clone()),
+            Join::Wait(waiter) => {
+                let timer = self.config.metrics.refresh_wait();
+                let outcome = waiter.wait().await;
+                self.config.metrics.refresh_wait_done(timer);
+                Ok(outcome??.token.clone())
+            }
         }
     }
 
@@ -466,13 +486,14 @@ impl Engine {
             "duration_ms",
             u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
         );
+        let class = crate::metrics::outcome_class(outcome.as_ref().map(|_| ()));
+        span.record("outcome", class);
         match &outcome {
             Ok(cached) => {
-                span.record("outcome", "ok");
                 span.record("generation", cached.credential.generation().get());
             }
             Err(e) => {
-                span.record("outcome", tracing::field::display(e));
+                tracing::debug!(parent: &span, error = %e, outcome = class, "refresh failed");
             }
         }
         done.complete(outcome);
@@ -641,7 +662,15 @@ impl Engine {
                     tracing::warn!(error = %e, "token store unreadable; refreshing with the refresh token in memory");
                 }
             }
-            match self.exchange(refresh_token.clone()).await {
+            // Without a refresh token, a refresh-token exchange asks nothing.
+            let asks = self.config.grant != GrantKind::RefreshToken || refresh_token.is_some();
+            let timer = self.config.metrics.token_request();
+            let exchanged = self.exchange(refresh_token.clone()).await;
+            if asks {
+                let result = exchanged.as_ref().map(|_| ()).map_err(|f| &f.error);
+                self.config.metrics.token_request_done(timer, result);
+            }
+            match exchanged {
                 Ok(refreshed) => return Ok(refreshed),
                 Err(failed)
                     if failed.error.is_session_ended()
@@ -933,7 +962,12 @@ impl Engine {
         &self,
         refresh_token: Option<&RefreshToken>,
     ) -> Result<(http::response::Parts, bytes::Bytes, Inputs), Error> {
-        let inputs = self.config.inputs(true).await?;
+        let mut inputs = self.config.inputs(true).await?;
+        inputs.claims = self
+            .claims
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         let mut nonce_retry = true;
         loop {
             let mut request = self.config.token_request(refresh_token, &inputs)?;
@@ -958,13 +992,17 @@ impl Engine {
         request: http::Request<bytes::Bytes>,
         refresh_token: Option<&RefreshToken>,
     ) -> Result<http::Response<bytes::Bytes>, Error> {
-        tokio::time::timeout(
+        let span = crate::telemetry::client_span(&request);
+        let result = tokio::time::timeout(
             self.config.timeout,
             self.transport.send(request, self.config.max_body),
         )
+        .instrument(span.clone())
         .await
-        .map_err(|_| Error::Transport(TransportError::timeout()))?
-        .map_err(|e| self.redacted(e, refresh_token))
+        .map_err(|_| Error::Transport(TransportError::timeout()))
+        .and_then(|sent| sent.map_err(|e| self.redacted(e, refresh_token)));
+        crate::telemetry::record_response(&span, &result);
+        result
     }
 
     /// `error` without the secrets this provider sends, should the server have echoed them.
@@ -1083,7 +1121,9 @@ impl Engine {
                 st.ended = Some(Error::NoSession {
                     reason: reason.clone(),
                 });
-                self.session.set(SessionState::NoSession(reason));
+                if self.session.set(SessionState::NoSession(reason.clone())) {
+                    self.config.metrics.session_ended(&reason);
+                }
                 drop(st);
                 tracing::warn!(error = %error, "the session ended");
                 Some(Err(error))
@@ -1139,8 +1179,12 @@ impl Engine {
         headers: &HeaderMap,
     ) -> UnauthorizedFuture {
         if !refresh_may_help(status, headers) {
+            self.config.metrics.declined("not_refreshable");
             return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp));
         }
+        // A claims challenge asks for a token with more claims: one token request carries
+        // them, whatever the cooldown, since a token without them can never pass.
+        let claims = claims_challenge(headers);
         let now = self.clock.now();
         let failed_generation = failed.generation();
         let mut st = self.lock();
@@ -1160,13 +1204,14 @@ impl Engine {
             None => {
                 if st.backoff.as_ref().is_some_and(|(until, _)| now < *until) {
                     tracing::debug!("401 returned unchanged: token refreshes are backing off");
+                    self.config.metrics.declined("backoff");
                     return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp));
                 }
                 let failed_current = current
                     .as_ref()
                     .filter(|c| c.credential.generation() == failed_generation);
                 match failed_current {
-                    Some(cached) if cached.accepted.load(Ordering::Relaxed) => {
+                    Some(cached) if cached.accepted.load(Ordering::Relaxed) || claims.is_some() => {
                         self.cooldown_step.store(0, Ordering::Relaxed);
                         st.cooldown_until = None;
                     }
@@ -1176,6 +1221,7 @@ impl Engine {
                             tracing::debug!(
                                 "401 returned unchanged: the token was never accepted and the cooldown runs"
                             );
+                            self.config.metrics.declined("cooldown");
                             return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp));
                         }
                         let delay = self
@@ -1189,10 +1235,17 @@ impl Engine {
                     }
                     None => {}
                 }
+                if let Some(claims) = claims {
+                    tracing::debug!("401 with a claims challenge: the refresh asks for the claims");
+                    *self.claims.lock().unwrap_or_else(PoisonError::into_inner) = Some(claims);
+                }
                 let replacing = failed_current.cloned();
                 let waiter = match self.start(&mut st, current.clone()) {
                     Ok(waiter) => waiter,
-                    Err(_) => return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp)),
+                    Err(_) => {
+                        self.config.metrics.declined("refresh_failed");
+                        return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp));
+                    }
                 };
                 // Started: only now stop serving the rejected token.
                 if replacing.is_some() {
@@ -1202,14 +1255,23 @@ impl Engine {
             }
         };
         drop(st);
+        let (metrics, timer) = self.wait_timer();
         UnauthorizedFuture::pending(async move {
-            match waiter.wait().await.and_then(|outcome| outcome) {
+            let outcome = waiter.wait().await;
+            metrics.refresh_wait_done(timer);
+            match outcome.and_then(|outcome| outcome) {
                 Ok(c) if c.credential.generation() != failed_generation => {
                     Ok(Unauthorized::Retry(c.credential.clone()))
                 }
-                Ok(_) => Ok(Unauthorized::GiveUp),
+                Ok(_) => {
+                    metrics.declined("no_new_token");
+                    Ok(Unauthorized::GiveUp)
+                }
                 Err(e) if e.is_session_ended() => Err(e),
-                Err(_) => Ok(Unauthorized::GiveUp),
+                Err(_) => {
+                    metrics.declined("refresh_failed");
+                    Ok(Unauthorized::GiveUp)
+                }
             }
         })
     }
@@ -1250,7 +1312,9 @@ impl Engine {
                     reason: reason.clone(),
                 });
             }
-            self.session.set(SessionState::NoSession(reason));
+            if self.session.set(SessionState::NoSession(reason.clone())) {
+                self.config.metrics.session_ended(&reason);
+            }
             (epoch, st.refresh_token.take(), was_loaded)
         };
         let revoking = revoke && self.config.revocation_url.is_some();
@@ -1467,8 +1531,11 @@ impl Engine {
             }
             Ok(Join::Wait(waiter)) => {
                 let engine = Arc::clone(self);
+                let timer = engine.config.metrics.refresh_wait();
                 AuthorizeFuture::pending(async move {
-                    let cached = waiter.wait().await??;
+                    let outcome = waiter.wait().await;
+                    engine.config.metrics.refresh_wait_done(timer);
+                    let cached = outcome??;
                     engine.bind(cached.credential.clone(), method, htu)
                 })
             }

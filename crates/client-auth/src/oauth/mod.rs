@@ -199,6 +199,8 @@ pub(crate) struct Config {
     pub(crate) lease_ttl: Duration,
     /// Token lifetimes under this are held for a growing while instead.
     pub(crate) min_lifetime: Duration,
+    /// The provider's metrics and their labels.
+    pub(crate) metrics: crate::metrics::OAuthMetrics,
     /// DPoP: the key and the nonces servers gave.
     #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
     pub(crate) dpop: Option<Arc<dpop::Dpop>>,
@@ -624,6 +626,10 @@ impl AuthorizationProvider for OAuthProvider {
     fn on_accepted(&self, credential: &Credential) {
         self.engine.accepted(credential);
     }
+
+    fn metrics_name(&self) -> &str {
+        self.engine.config.metrics.name()
+    }
 }
 
 /// Builds an [`OAuthProvider`].
@@ -665,6 +671,7 @@ pub struct OAuthProviderBuilder<T = DefaultTransport> {
     assume_lifetime: Option<Duration>,
     store_timeout: Duration,
     lease_ttl: Duration,
+    metrics_name: String,
     /// From discovery: the issuer (the default audience of client assertions) and the DPoP
     /// algorithms the server takes.
     issuer: Option<String>,
@@ -772,6 +779,7 @@ impl OAuthProviderBuilder {
             assume_lifetime: None,
             store_timeout: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(6),
+            metrics_name: "default".to_owned(),
             issuer: None,
             dpop_algs: Vec::new(),
             #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
@@ -956,6 +964,7 @@ impl<T> OAuthProviderBuilder<T> {
             assume_lifetime: self.assume_lifetime,
             store_timeout: self.store_timeout,
             lease_ttl: self.lease_ttl,
+            metrics_name: self.metrics_name,
             issuer: self.issuer,
             dpop_algs: self.dpop_algs,
             #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
@@ -1061,6 +1070,15 @@ impl<T> OAuthProviderBuilder<T> {
     /// others for at most this long.
     pub fn refresh_lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl;
+        self
+    }
+
+    /// The `provider` label of this provider's metrics (feature `metrics`; default
+    /// `"default"`): a short, fixed name such as `"billing-api"`, so that a dashboard tells
+    /// providers apart. Never put a secret, a URL or a per-user value here. See
+    /// [`crate::metrics`].
+    pub fn metrics_name(mut self, name: impl Into<String>) -> Self {
+        self.metrics_name = name.into();
         self
     }
 
@@ -1247,6 +1265,7 @@ impl<T> OAuthProviderBuilder<T> {
             store_timeout: capped(self.store_timeout),
             lease_ttl: capped(self.lease_ttl).max(Duration::from_millis(30)),
             min_lifetime: MIN_LIFETIME,
+            metrics: crate::metrics::OAuthMetrics::new(&self.metrics_name, self.grant.name()),
             #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
             dpop: self.jose.dpop.map(|key| Arc::new(dpop::Dpop::new(key))),
             #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
@@ -1413,7 +1432,7 @@ mod tests {
     fn client_secret_basic_form_urlencodes_before_base64() {
         let config = test_config(Some("s p:a+c/e"), ClientAuth::SecretBasic);
         let req = config
-            .token_request(Some(&RefreshToken::new("rt")))
+            .token_request(Some(&RefreshToken::new("rt")), &Inputs::default())
             .unwrap();
         let auth = req.headers()[AUTHORIZATION].to_str().unwrap();
         let decoded = base64::engine::general_purpose::STANDARD
@@ -1430,14 +1449,14 @@ mod tests {
     #[test]
     fn client_secret_post_and_public_clients_put_the_id_in_the_body() {
         let post = test_config(Some("sec"), ClientAuth::SecretPost);
-        let req = post.token_request(None).unwrap();
+        let req = post.token_request(None, &Inputs::default()).unwrap();
         assert!(req.headers().get(AUTHORIZATION).is_none());
         assert!(
             String::from_utf8_lossy(req.body())
                 .ends_with("client_id=my+client%3A1&client_secret=sec")
         );
         let public = test_config(None, ClientAuth::SecretBasic);
-        let req = public.token_request(None).unwrap();
+        let req = public.token_request(None, &Inputs::default()).unwrap();
         assert!(req.headers().get(AUTHORIZATION).is_none());
         assert!(String::from_utf8_lossy(req.body()).ends_with("client_id=my+client%3A1"));
     }
@@ -1470,6 +1489,7 @@ mod tests {
             store_timeout: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(6),
             min_lifetime: MIN_LIFETIME,
+            metrics: crate::metrics::OAuthMetrics::new("default", "refresh_token"),
             #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
             dpop: None,
             #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
