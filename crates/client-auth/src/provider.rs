@@ -191,6 +191,13 @@ impl Credential {
         self
     }
 
+    /// This credential under another generation (a provider of providers numbers its
+    /// children's tokens apart).
+    pub(crate) fn with_generation(mut self, generation: Generation) -> Self {
+        self.generation = generation;
+        self
+    }
+
     /// The DPoP binding, if this is a DPoP-bound credential.
     pub(crate) fn binding(&self) -> Option<&Binding> {
         self.extra.as_ref().and_then(|e| e.binding.as_ref())
@@ -388,6 +395,15 @@ pub trait AuthorizationProvider: Send + Sync + 'static {
     fn on_accepted(&self, credential: &Credential) {
         let _ = credential;
     }
+
+    /// The `provider` label of the metrics recorded for this provider (feature `metrics`, see
+    /// [`crate::metrics`]): a short name you choose, never a secret or a URL. The OAuth
+    /// provider returns the name given to
+    /// [`OAuthProviderBuilder::metrics_name`](crate::OAuthProviderBuilder::metrics_name); the
+    /// default is `"default"`.
+    fn metrics_name(&self) -> &str {
+        "default"
+    }
 }
 
 /// Smart pointers to a provider are providers (`&P` is not: it conflicts with `'static`).
@@ -410,6 +426,9 @@ macro_rules! forward_provider {
             }
             fn on_accepted(&self, credential: &Credential) {
                 (**self).on_accepted(credential)
+            }
+            fn metrics_name(&self) -> &str {
+                (**self).metrics_name()
             }
         }
     )*};

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use base64::Engine as _;
 use client_auth::{
     AssertionSource, AuthorizationProvider, BoxError, Credential, Error, InvalidResponse,
-    OAuthProvider, RequestView, TokenTransport, Unauthorized,
+    MemoryStore, OAuthProvider, PerTargetProvider, RequestView, TokenTarget, TokenTransport,
+    Unauthorized,
 };
 use http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::{Value, json};
@@ -262,4 +263,152 @@ async fn a_client_assertion_from_a_source_replaces_the_secret() {
     );
     assert!(request.headers.get("authorization").is_none());
     assert_eq!(request.param("grant_type"), Some("client_credentials"));
+}
+
+// ---- tokens per target --------------------------------------------------------------------
+
+fn per_target(script: &Arc<Script>, max: usize) -> PerTargetProvider {
+    let template = OAuthProvider::client_credentials(TOKEN_URL)
+        .client_id("svc")
+        .scope("read")
+        .store(Arc::new(MemoryStore::new()), "svc")
+        .transport(Arc::clone(script) as Arc<dyn TokenTransport>);
+    PerTargetProvider::builder(template)
+        .select(|request| TokenTarget::new().resource(format!("https://{}", request.authority())))
+        .max_targets(max)
+        .build()
+        .unwrap()
+}
+
+async fn authorize_at(
+    provider: &PerTargetProvider,
+    authority: &str,
+    ext: &Extensions,
+) -> Credential {
+    let view = RequestView::new(&Method::GET, "https", authority, "/", None, ext);
+    provider.authorize(&view).await.unwrap()
+}
+
+/// Scripts `n` token answers, `at-0` to `at-{n-1}`.
+fn answer_per_resource(script: &Script, n: usize) {
+    for i in 0..n {
+        script.token("Bearer", &format!("at-{i}"));
+    }
+}
+
+#[tokio::test]
+async fn each_target_gets_its_own_token_and_never_another_targets() {
+    let script = Script::new();
+    answer_per_resource(&script, 2);
+    let provider = per_target(&script, 8);
+    let none = Extensions::new();
+
+    let a = authorize_at(&provider, "a.example.com", &none).await;
+    let b = authorize_at(&provider, "b.example.com", &none).await;
+    let a_again = authorize_at(&provider, "a.example.com", &none).await;
+
+    assert_ne!(a.header_value(), b.header_value());
+    assert_eq!(a.header_value(), a_again.header_value());
+    let seen = script.seen();
+    assert_eq!(seen.len(), 2, "one token request per target");
+    assert_eq!(seen[0].param("resource"), Some("https://a.example.com"));
+    assert_eq!(seen[1].param("resource"), Some("https://b.example.com"));
+    assert_eq!(seen[0].param("scope"), Some("read"), "the template's scope");
+}
+
+#[tokio::test]
+async fn many_callers_of_one_target_share_one_token_request() {
+    let script = Script::new();
+    answer_per_resource(&script, 1);
+    let provider = per_target(&script, 8);
+    let callers: Vec<_> = (0..32)
+        .map(|_| {
+            let provider = provider.clone();
+            tokio::spawn(async move {
+                authorize_at(&provider, "a.example.com", &Extensions::new())
+                    .await
+                    .header_value()
+                    .clone()
+            })
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(caller.await.unwrap(), "Bearer at-0");
+    }
+    assert_eq!(script.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn a_401_refreshes_only_the_target_it_came_from() {
+    let script = Script::new();
+    answer_per_resource(&script, 2);
+    let provider = per_target(&script, 8);
+    let none = Extensions::new();
+    let a = authorize_at(&provider, "a.example.com", &none).await;
+    let b = authorize_at(&provider, "b.example.com", &none).await;
+    provider.on_accepted(&a);
+
+    script.token("Bearer", "at-a2");
+    let answer = provider
+        .on_unauthorized(&a, StatusCode::UNAUTHORIZED, &HeaderMap::new())
+        .await
+        .unwrap();
+
+    let Unauthorized::Retry(retry) = answer else {
+        panic!("retried: {answer:?}")
+    };
+    assert_eq!(retry.header_value(), "Bearer at-a2");
+    assert_eq!(
+        script.seen()[2].param("resource"),
+        Some("https://a.example.com")
+    );
+    assert_eq!(
+        authorize_at(&provider, "b.example.com", &none)
+            .await
+            .header_value(),
+        b.header_value()
+    );
+    assert_eq!(
+        authorize_at(&provider, "a.example.com", &none)
+            .await
+            .header_value(),
+        "Bearer at-a2"
+    );
+    assert_eq!(script.seen().len(), 3);
+}
+
+#[tokio::test]
+async fn a_target_in_the_extensions_wins_and_the_least_recently_used_target_is_dropped() {
+    let script = Script::new();
+    answer_per_resource(&script, 4);
+    let provider = per_target(&script, 1);
+    let mut ext = Extensions::new();
+    ext.insert(TokenTarget::new().audience("billing"));
+
+    let chosen = authorize_at(&provider, "a.example.com", &ext).await;
+    assert_eq!(script.seen()[0].param("audience"), Some("billing"));
+    assert_eq!(script.seen()[0].param("resource"), None);
+
+    // Holding one target: the next one drops it, and its old credential's 401 stays a 401.
+    authorize_at(&provider, "b.example.com", &Extensions::new()).await;
+    let answer = provider
+        .on_unauthorized(&chosen, StatusCode::UNAUTHORIZED, &HeaderMap::new())
+        .await
+        .unwrap();
+    assert!(matches!(answer, Unauthorized::GiveUp), "{answer:?}");
+    // Asked again, the dropped target starts over; its store entry still holds its token.
+    let again = authorize_at(&provider, "a.example.com", &ext).await;
+    assert_eq!(again.header_value(), chosen.header_value());
+    assert_eq!(script.seen().len(), 2);
+}
+
+#[test]
+fn tokens_per_target_refuse_a_refresh_token_grant() {
+    let template = OAuthProvider::refresh_token_grant(TOKEN_URL)
+        .client_id("svc")
+        .transport(Script::new());
+    assert!(matches!(
+        PerTargetProvider::builder(template).build(),
+        Err(Error::Config(_))
+    ));
 }

@@ -8,6 +8,7 @@ mod discovery;
 mod dpop;
 mod response;
 mod source;
+mod targets;
 mod transport;
 
 use std::fmt;
@@ -23,6 +24,7 @@ use tokio::sync::watch;
 
 pub use discovery::ServerMetadata;
 pub use source::AssertionSource;
+pub use targets::{PerTargetProvider, PerTargetProviderBuilder, TokenTarget};
 #[cfg(feature = "reqwest")]
 pub use transport::ReqwestTransport;
 pub use transport::TokenTransport;
@@ -638,6 +640,7 @@ impl AuthorizationProvider for OAuthProvider {
 /// its token endpoint does not compile: [`build`](Self::build) is there after
 /// [`transport`](Self::transport), or without it when feature `reqwest` supplies
 /// [`ReqwestTransport`] (the default parameter, [`DefaultTransport`]).
+#[derive(Clone)]
 pub struct OAuthProviderBuilder<T = DefaultTransport> {
     token_url: String,
     revocation_url: Option<String>,
@@ -683,7 +686,7 @@ pub struct OAuthProviderBuilder<T = DefaultTransport> {
 
 /// The builder's JOSE settings: DPoP and JWT client authentication.
 #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Jose {
     dpop: Option<DpopKey>,
     assertion_key: Option<ClientAssertionKey>,

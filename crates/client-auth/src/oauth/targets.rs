@@ -1,0 +1,385 @@
+//! Tokens per target: one OAuth client holding a token for each scope set, resource or
+//! audience its requests go to.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use http::{HeaderMap, StatusCode};
+
+use super::{GrantKind, OAuthProvider, OAuthProviderBuilder, TransportChoice};
+use crate::error::Error;
+use crate::provider::{
+    AuthorizationProvider, AuthorizeFuture, Credential, Generation, ProviderFuture, RequestView,
+    Unauthorized, UnauthorizedFuture,
+};
+
+/// What a token is for: its scopes, resource (RFC 8707), audience and any other token-request
+/// parameters. Two requests with equal targets share one token; different targets never do.
+///
+/// Set it per request in the extensions (`http::Request::extensions_mut().insert(target)`, or
+/// reqwest-middleware's `with_extension`), or let [`PerTargetProviderBuilder::select`] derive it
+/// from the request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TokenTarget {
+    scope: Option<String>,
+    resource: Option<String>,
+    audience: Option<String>,
+    params: Vec<(String, String)>,
+}
+
+impl TokenTarget {
+    /// The template's own target: its scope, no resource, no audience.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The `scope` asked for (space-separated), instead of the template's.
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// The `resource` parameter (RFC 8707): the API the token is for, as an absolute URI.
+    pub fn resource(mut self, resource: impl Into<String>) -> Self {
+        self.resource = Some(resource.into());
+        self
+    }
+
+    /// The `audience` parameter many servers use instead of `resource`.
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// Another token-request parameter that tells tokens apart.
+    pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.params.push((name.into(), value.into()));
+        self
+    }
+
+    /// A stable name for the target, the same in every process: the store namespace suffix.
+    fn digest(&self) -> String {
+        // FNV-1a over the fields, each with a tag and a separator that field text cannot
+        // forge into another field.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |tag: u8, text: &str| {
+            for byte in std::iter::once(tag)
+                .chain(text.len().to_le_bytes())
+                .chain(text.bytes())
+            {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        feed(1, self.scope.as_deref().unwrap_or("\u{0}"));
+        feed(2, self.resource.as_deref().unwrap_or("\u{0}"));
+        feed(3, self.audience.as_deref().unwrap_or("\u{0}"));
+        for (name, value) in &self.params {
+            feed(4, name);
+            feed(5, value);
+        }
+        format!("{hash:016x}")
+    }
+}
+
+type Select = dyn Fn(&RequestView<'_>) -> TokenTarget + Send + Sync;
+type Make = dyn Fn(&TokenTarget) -> Result<OAuthProvider, Error> + Send + Sync;
+
+/// Bits of a [`Generation`] that number a target's own tokens; the bits above name the target.
+const INNER_BITS: u32 = 40;
+const INNER_MASK: u64 = (1 << INNER_BITS) - 1;
+
+/// One OAuth client, a token per [`TokenTarget`]: each target has its own token, single
+/// flight, refresh windows, backoff, 401 handling and store entry (the template's namespace,
+/// `#`, a digest of the target), so a token asked for one API is never sent to another. At most
+/// [`max_targets`](PerTargetProviderBuilder::max_targets) targets are held; the least recently
+/// used one is dropped first.
+///
+/// The template must use a grant that needs no refresh token (`client_credentials`, the JWT
+/// bearer grant, token exchange): a refresh token shared by several targets would be rotated
+/// by one under the others.
+///
+/// ```
+/// # #[cfg(feature = "reqwest")] {
+/// use client_auth::{OAuthProvider, PerTargetProvider, TokenTarget};
+///
+/// let template = OAuthProvider::client_credentials("https://auth.example.com/token")
+///     .client_id("my-service")
+///     .client_secret("s3cret");
+/// // A token for each API host, named by its origin as an RFC 8707 resource.
+/// let provider = PerTargetProvider::builder(template)
+///     .select(|request| {
+///         TokenTarget::new().resource(format!("{}://{}", request.scheme(), request.authority()))
+///     })
+///     .max_targets(16)
+///     .build()?;
+/// # let _ = provider;
+/// # }
+/// # Ok::<(), client_auth::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct PerTargetProvider {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    make: Box<Make>,
+    select: Option<Box<Select>>,
+    max: usize,
+    /// Most recently used last: (slot, target, provider).
+    held: Mutex<Vec<(u64, TokenTarget, OAuthProvider)>>,
+    next_slot: Mutex<u64>,
+}
+
+impl fmt::Debug for PerTargetProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let held = self
+            .inner
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("PerTargetProvider")
+            .field("targets", &held.len())
+            .field("max_targets", &self.inner.max)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`PerTargetProvider`].
+pub struct PerTargetProviderBuilder<T> {
+    template: OAuthProviderBuilder<T>,
+    select: Option<Box<Select>>,
+    max: usize,
+}
+
+impl<T> fmt::Debug for PerTargetProviderBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerTargetProviderBuilder")
+            .field("template", &self.template)
+            .field("max_targets", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PerTargetProvider {
+    /// A builder from `template`: every target's provider is the template with the target's
+    /// scope and parameters.
+    pub fn builder<T>(template: OAuthProviderBuilder<T>) -> PerTargetProviderBuilder<T> {
+        PerTargetProviderBuilder {
+            template,
+            select: None,
+            max: 64,
+        }
+    }
+
+    /// The provider of `target` (created when it is not held), to read its token or session by
+    /// hand.
+    ///
+    /// # Errors
+    ///
+    /// The template's build error for this target.
+    pub fn provider(&self, target: &TokenTarget) -> Result<OAuthProvider, Error> {
+        self.slot(target).map(|(_, provider)| provider)
+    }
+
+    fn target_of(&self, request: &RequestView<'_>) -> TokenTarget {
+        match (
+            request.extensions().get::<TokenTarget>(),
+            &self.inner.select,
+        ) {
+            (Some(target), _) => target.clone(),
+            (None, Some(select)) => select(request),
+            (None, None) => TokenTarget::default(),
+        }
+    }
+
+    fn slot(&self, target: &TokenTarget) -> Result<(u64, OAuthProvider), Error> {
+        let mut held = self
+            .inner
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = held.iter().position(|(_, t, _)| t == target) {
+            let entry = held.remove(i);
+            let found = (entry.0, entry.2.clone());
+            held.push(entry);
+            return Ok(found);
+        }
+        let provider = (self.inner.make)(target)?;
+        let slot = {
+            let mut next = self
+                .inner
+                .next_slot
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            *next = (*next % ((1 << (64 - INNER_BITS)) - 1)) + 1;
+            *next
+        };
+        if held.len() >= self.inner.max {
+            held.remove(0);
+        }
+        held.push((slot, target.clone(), provider.clone()));
+        Ok((slot, provider))
+    }
+
+    /// The provider that issued `credential`, and the credential as that provider numbered it.
+    fn issuer_of(&self, credential: &Credential) -> Option<(u64, OAuthProvider, Credential)> {
+        let generation = credential.generation().get();
+        let slot = generation >> INNER_BITS;
+        let held = self
+            .inner
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (_, _, provider) = held.iter().find(|(s, _, _)| *s == slot)?;
+        let inner = credential
+            .clone()
+            .with_generation(Generation::new(generation & INNER_MASK));
+        Some((slot, provider.clone(), inner))
+    }
+}
+
+/// `credential` numbered for the outside: the slot above the inner generation.
+fn outer(slot: u64, credential: Credential) -> Credential {
+    let inner = credential.generation().get() & INNER_MASK;
+    credential.with_generation(Generation::new((slot << INNER_BITS) | inner))
+}
+
+fn renumbered<T: Send + 'static>(
+    slot: u64,
+    future: ProviderFuture<T>,
+    map: fn(u64, T) -> T,
+) -> ProviderFuture<T> {
+    match future {
+        ProviderFuture::Ready(answer) => {
+            ProviderFuture::Ready(answer.map(|result| result.map(|value| map(slot, value))))
+        }
+        ProviderFuture::Pending(future) => {
+            ProviderFuture::pending(async move { future.await.map(|value| map(slot, value)) })
+        }
+    }
+}
+
+impl AuthorizationProvider for PerTargetProvider {
+    fn authorize(&self, request: &RequestView<'_>) -> AuthorizeFuture {
+        let target = self.target_of(request);
+        match self.slot(&target) {
+            Ok((slot, provider)) => renumbered(slot, provider.authorize(request), outer),
+            Err(e) => AuthorizeFuture::ready(Err(e)),
+        }
+    }
+
+    fn on_unauthorized(
+        &self,
+        failed: &Credential,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> UnauthorizedFuture {
+        // A target dropped since: its token is gone too, so the 401 stays as it is.
+        let Some((slot, provider, inner)) = self.issuer_of(failed) else {
+            return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp));
+        };
+        renumbered(
+            slot,
+            provider.on_unauthorized(&inner, status, headers),
+            |slot, answer| match answer {
+                Unauthorized::Retry(credential) => Unauthorized::Retry(outer(slot, credential)),
+                other => other,
+            },
+        )
+    }
+
+    fn can_recover(&self) -> bool {
+        true
+    }
+
+    fn on_accepted(&self, credential: &Credential) {
+        if let Some((_, provider, inner)) = self.issuer_of(credential) {
+            provider.on_accepted(&inner);
+        }
+    }
+}
+
+impl<T: TransportChoice + Clone + Send + Sync + 'static> PerTargetProviderBuilder<T> {
+    /// Derives the target of a request that carries none in its extensions (default: the
+    /// template's own target for every request).
+    pub fn select(
+        mut self,
+        select: impl Fn(&RequestView<'_>) -> TokenTarget + Send + Sync + 'static,
+    ) -> Self {
+        self.select = Some(Box::new(select));
+        self
+    }
+
+    /// The most targets held at once (default 64, at least 1); the least recently used one is
+    /// dropped first.
+    pub fn max_targets(mut self, max: usize) -> Self {
+        self.max = max.max(1);
+        self
+    }
+
+    /// Builds the provider; the template is built once here to check it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a template with the `refresh_token` grant, or the template's own
+    /// build error.
+    pub fn build(self) -> Result<PerTargetProvider, Error> {
+        if self.template.grant == GrantKind::RefreshToken {
+            return Err(Error::Config(
+                "tokens per target need a grant without a refresh token (client_credentials, \
+                 the JWT bearer grant, token exchange): one refresh token rotated by a target \
+                 would be lost to the others"
+                    .into(),
+            ));
+        }
+        drop(self.template.clone().build()?);
+        let template = self.template;
+        let make = move |target: &TokenTarget| {
+            let mut builder = template.clone();
+            if let Some(scope) = &target.scope {
+                builder.scope = Some(scope.clone());
+            }
+            if let Some(resource) = &target.resource {
+                builder = builder.extra_param("resource", resource.clone());
+            }
+            if let Some(audience) = &target.audience {
+                builder = builder.extra_param("audience", audience.clone());
+            }
+            for (name, value) in &target.params {
+                builder = builder.extra_param(name.clone(), value.clone());
+            }
+            if *target != TokenTarget::default() {
+                builder.namespace = format!("{}#{}", builder.namespace, target.digest());
+            }
+            builder.build()
+        };
+        Ok(PerTargetProvider {
+            inner: Arc::new(Inner {
+                make: Box::new(make),
+                select: self.select,
+                max: self.max,
+                held: Mutex::new(Vec::new()),
+                next_slot: Mutex::new(0),
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_digest_apart_and_stably() {
+        let a = TokenTarget::new().resource("https://a.example");
+        let b = TokenTarget::new().resource("https://b.example");
+        assert_ne!(a.digest(), b.digest());
+        assert_eq!(a.digest(), a.clone().digest());
+        // Field text cannot stand in for another field.
+        assert_ne!(
+            TokenTarget::new().scope("x").digest(),
+            TokenTarget::new().audience("x").digest()
+        );
+    }
+}
