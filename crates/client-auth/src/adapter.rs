@@ -6,7 +6,9 @@
 //! An adapter asks [`plan_request`] what to do with each request, stamps the credential of the
 //! provider it names, reports the answer with [`AuthorizationProvider::on_accepted`] (when
 //! [`credential_accepted`] says so) or [`AuthorizationProvider::on_unauthorized`] (a 401), and
-//! retries at most once when the provider hands back a new credential.
+//! retries at most once when the provider hands back a new credential. It reports every 401
+//! with [`report_unauthorized`], then either [`report_retry`] or [`report_retry_skipped`]:
+//! they count it (feature `metrics`) and log it at the level both adapters share.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -39,7 +41,9 @@ use http::HeaderValue;
 
 use crate::auth_header::carries_no_credentials;
 use crate::origin::OriginPolicy;
-use crate::provider::{AuthorizationControl, AuthorizationProvider, AuthorizeFuture, RequestView};
+use crate::provider::{
+    AuthorizationControl, AuthorizationProvider, AuthorizeFuture, Credential, RequestView,
+};
 pub use crate::www_authenticate::{
     Challenge, bearer_error, is_insufficient_scope, parse_challenges, refresh_may_help,
 };
@@ -128,6 +132,124 @@ pub fn credential_accepted(status: http::StatusCode) -> bool {
         status,
         S::UNAUTHORIZED | S::PROXY_AUTHENTICATION_REQUIRED | S::TOO_MANY_REQUESTS
     ) || status.is_server_error())
+}
+
+/// Why an adapter returned a 401 to a request it stamped without sending the request again:
+/// the `reason` label of `client_auth_retries_skipped_total` (see [`crate::metrics`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetrySkipped {
+    /// The provider never retries ([`AuthorizationProvider::can_recover`] is `false`: a static
+    /// key).
+    CannotRecover,
+    /// The 401 answered the retry itself: a request is retried once.
+    AlreadyRetried,
+    /// The request body could not be copied before the send.
+    BodyNotCloneable,
+    /// The copy of the body changed with the send (a `Clone` that shares the body, drained by
+    /// it): a retry would send a truncated body.
+    BodyCopyChanged,
+    /// The 401 came from another origin after a redirect: the request it answered carried no
+    /// credential of ours.
+    ForeignOrigin,
+    /// The provider answered [`Unauthorized::GiveUp`](crate::Unauthorized::GiveUp).
+    Declined,
+    /// The provider's session ended: its error is returned instead of the 401.
+    SessionEnded,
+}
+
+impl RetrySkipped {
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetrySkipped::CannotRecover => "cannot_recover",
+            RetrySkipped::AlreadyRetried => "already_retried",
+            RetrySkipped::BodyNotCloneable => "body_not_cloneable",
+            RetrySkipped::BodyCopyChanged => "body_copy_changed",
+            RetrySkipped::ForeignOrigin => "foreign_origin",
+            RetrySkipped::Declined => "declined",
+            RetrySkipped::SessionEnded => "session_ended",
+        }
+    }
+}
+
+/// Reports a 401 to a request the adapter stamped (the first send or the retry): counted in
+/// `client_auth_unauthorized_total`. Every such 401 is then followed by exactly one
+/// [`report_retry`] or [`report_retry_skipped`]. Nothing is logged here.
+pub fn report_unauthorized(provider: &dyn AuthorizationProvider) {
+    crate::metrics::adapter_counter(crate::metrics::UNAUTHORIZED, provider.metrics_name(), None);
+}
+
+/// Reports that the adapter sends the request again with `fresh` after a 401 to `failed`:
+/// counted in `client_auth_retries_total`, and a DEBUG event carrying
+/// `http.request.resend_count = 1` (the OpenTelemetry attribute of a resent HTTP request).
+/// Call it right before the resend, inside the request's span.
+pub fn report_retry(provider: &dyn AuthorizationProvider, failed: &Credential, fresh: &Credential) {
+    crate::metrics::adapter_counter(crate::metrics::RETRIES, provider.metrics_name(), None);
+    tracing::debug!(
+        http.request.resend_count = 1,
+        failed_generation = failed.generation().get(),
+        generation = fresh.generation().get(),
+        "401: retrying once with a new credential"
+    );
+}
+
+/// Reports that the adapter returns a 401 (with `status`) without sending the request again,
+/// for `reason`: counted in `client_auth_retries_skipped_total`, and logged at the level the
+/// adapters share:
+///
+/// - WARN for [`BodyNotCloneable`](RetrySkipped::BodyNotCloneable) and
+///   [`BodyCopyChanged`](RetrySkipped::BodyCopyChanged): a 401 the provider could have
+///   recovered from reaches the caller because of how the request was built, which the
+///   application can change;
+/// - DEBUG for every other reason: the behaviour is by design (a static key, one retry, a
+///   foreign origin, a provider under cooldown or backoff, a session that ended, whose error
+///   the caller gets).
+pub fn report_retry_skipped(
+    provider: &dyn AuthorizationProvider,
+    reason: RetrySkipped,
+    status: http::StatusCode,
+) {
+    crate::metrics::adapter_counter(
+        crate::metrics::RETRIES_SKIPPED,
+        provider.metrics_name(),
+        Some(reason.as_str()),
+    );
+    let status = status.as_u16();
+    let reason_label = reason.as_str();
+    match reason {
+        RetrySkipped::BodyNotCloneable => tracing::warn!(
+            status,
+            reason = reason_label,
+            "401 not retried: the request body could not be cloned before it was sent; a body \
+             that can be cloned as a deep copy (not one sharing its bytes) allows the retry"
+        ),
+        RetrySkipped::BodyCopyChanged => tracing::warn!(
+            status,
+            reason = reason_label,
+            "401 not retried: the copy of the request body changed since it was taken (a \
+             `Clone` that shares the body, drained by the send); a clone that makes a deep \
+             copy allows the retry"
+        ),
+        RetrySkipped::ForeignOrigin => tracing::debug!(
+            status,
+            reason = reason_label,
+            "401 from another origin after a redirect: returned without a retry"
+        ),
+        RetrySkipped::Declined => tracing::debug!(
+            status,
+            reason = reason_label,
+            "401: the provider gave up; returned unchanged"
+        ),
+        RetrySkipped::SessionEnded => tracing::debug!(
+            status,
+            reason = reason_label,
+            "401: the session ended; the provider's error is returned"
+        ),
+        RetrySkipped::CannotRecover | RetrySkipped::AlreadyRetried => {
+            tracing::debug!(status, reason = reason_label, "401 returned unchanged")
+        }
+    }
 }
 
 /// Decides what an adapter does with a request: pass it through untouched, or authorize it and

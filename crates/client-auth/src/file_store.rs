@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::BoxFuture;
 use crate::error::StoreError;
+use crate::metrics::LeaseWait;
 use crate::secret::RefreshToken;
 use crate::store::{RefreshLease, StoredTokens, TokenStore};
 
@@ -752,18 +753,23 @@ impl TokenStore for FileStore {
             .lock_wait
             .unwrap_or_else(|| ttl.saturating_add(Duration::from_secs(15)));
         Box::pin(async move {
+            let started = Instant::now();
+            let failed = |e: StoreError| {
+                crate::metrics::lease_wait("file", LeaseWait::Error, started.elapsed());
+                e
+            };
             let file = blocking(move || {
                 let dir = Dir::create(&dir)?;
                 dir.open_file(&name, Access::Lock)
                     .map_err(|e| io_error("could not open the lock file", &dir.path_of(&name), e))
             })
-            .await?;
-            let started = Instant::now();
+            .await
+            .map_err(failed)?;
             let mut delay = Duration::from_millis(2);
             let mut file = Some(file);
             loop {
                 let Some(f) = file.take() else {
-                    return Err(StoreError::transient("the lock file was lost"));
+                    return Err(failed(StoreError::transient("the lock file was lost")));
                 };
                 let lock_path = path.clone();
                 let (f, locked) = blocking(move || {
@@ -776,9 +782,11 @@ impl TokenStore for FileStore {
                         }
                     }
                 })
-                .await?;
+                .await
+                .map_err(failed)?;
                 if locked {
                     tracing::trace!(path = %path.display(), "file refresh lease taken");
+                    crate::metrics::lease_wait("file", LeaseWait::Acquired, started.elapsed());
                     return Ok(Some(
                         Box::new(FileLease { file: Some(f) }) as Box<dyn RefreshLease>
                     ));
@@ -786,6 +794,7 @@ impl TokenStore for FileStore {
                 file = Some(f);
                 let waited = started.elapsed();
                 if waited >= wait {
+                    crate::metrics::lease_wait("file", LeaseWait::Timeout, waited);
                     return Err(StoreError::transient(format!(
                         "timed out after {} ms waiting for the refresh lease {}",
                         waited.as_millis(),

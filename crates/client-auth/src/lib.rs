@@ -81,6 +81,7 @@
 //! | `jwt-aws-lc-rs` | JOSE through aws-lc-rs: [`CustomerTokenSigner`], DPoP ([`DpopKey`]), client assertions ([`ClientAssertionKey`], [`ClientAuth::SecretJwt`]) |
 //! | `jwt-rust-crypto` | the same through RustCrypto; both may be on at once |
 //! | `file-store` | [`FileStore`]: a token store in files with an advisory refresh lock, for processes on one host |
+//! | `metrics` | counters and histograms of token requests, refresh waits, 401 recoveries, session ends and store leases through the `metrics` facade: the table is in [`metrics`] |
 //! | `test-util` | [`ManualClock`], a clock tests move by hand |
 //!
 //! None is on by default. An [`OAuthProvider`] needs a way to reach its token endpoint: with
@@ -96,6 +97,15 @@
 //! `http://` token endpoints on loopback work, and an `https://` one fails with a transport
 //! error.
 //!
+//! # Observability
+//!
+//! A refresh is a `tracing` span, and each request it sends to the token endpoint a client
+//! span inside it, named and filled after the OpenTelemetry HTTP conventions. With feature
+//! `metrics`, token requests, waits for a refresh, 401s and their retries, session ends and
+//! shared-store leases are counted and timed through the `metrics` facade, with labels of low
+//! cardinality only and nothing recorded on the path of a request whose token is at hand.
+//! [`metrics`] has the table of every metric, label and span field.
+//!
 //! # For adapter authors
 //!
 //! The plumbing the adapters share lives in [`adapter`].
@@ -110,6 +120,7 @@ mod error;
 mod file_store;
 #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
 mod jwt;
+pub mod metrics;
 mod oauth;
 mod origin;
 mod provider;
@@ -119,6 +130,7 @@ mod session;
 mod single_flight;
 mod static_token;
 mod store;
+mod telemetry;
 mod www_authenticate;
 
 pub(crate) use adapter::BoxFuture;
@@ -146,16 +158,17 @@ pub use oauth::ReqwestTransport;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use oauth::TowerTransport;
+pub use oauth::{
+    AssertionSource, ClientAuth, DefaultTransport, OAuthProvider, OAuthProviderBuilder,
+    PerTargetProvider, PerTargetProviderBuilder, ServerMetadata, SuppliedTransport, TokenTarget,
+    TokenTransport, Tokens, TransportChoice,
+};
 #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
 #[cfg_attr(
     docsrs,
     doc(cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto")))
 )]
 pub use oauth::{ClientAssertionKey, DpopKey};
-pub use oauth::{
-    ClientAuth, DefaultTransport, OAuthProvider, OAuthProviderBuilder, ServerMetadata,
-    SuppliedTransport, TokenTransport, Tokens, TransportChoice,
-};
 pub use origin::{OriginPolicy, OriginPolicyBuilder};
 pub use provider::{
     AuthorizationControl, AuthorizationProvider, AuthorizeFuture, Credential, Generation,
