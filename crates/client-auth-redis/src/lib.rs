@@ -150,6 +150,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use client_auth::adapter::BoxFuture;
+use client_auth::metrics::LeaseWait;
 use client_auth::{RefreshLease, RefreshToken, StoreError, StoredTokens, TokenStore};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, RedisError, Script};
@@ -658,6 +659,7 @@ impl TokenStore for RedisStore {
                     if written == 1 {
                         Ok(())
                     } else {
+                        lease_lost("write");
                         Err(StoreError::permanent(format!(
                             "the refresh lease {lock} expired before the tokens were written; \
                              they were not written, so a newer holder's tokens are kept"
@@ -726,10 +728,13 @@ impl TokenStore for RedisStore {
             match outcome {
                 1 => Ok(true),
                 0 => Ok(false),
-                -1 => Err(StoreError::permanent(format!(
-                    "the refresh lease {lock} expired before the tokens were removed; \
+                -1 => Err({
+                    lease_lost("clear");
+                    StoreError::permanent(format!(
+                        "the refresh lease {lock} expired before the tokens were removed; \
                      they were left in place for the newer holder"
-                ))),
+                    ))
+                }),
                 -2 => Err(StoreError::permanent(format!(
                     "the tokens in Redis key {key} are corrupt and were left in place"
                 ))),
@@ -776,6 +781,7 @@ impl TokenStore for RedisStore {
                     Ok(Some(_)) => {
                         self.held().insert(namespace.to_owned(), token.clone());
                         tracing::trace!(key = %lock, ttl_ms, "redis refresh lease taken");
+                        lease_wait(LeaseWait::Acquired, started.elapsed());
                         return Ok(Some(Box::new(RedisLease {
                             store: self.clone(),
                             namespace: namespace.to_owned(),
@@ -790,12 +796,17 @@ impl TokenStore for RedisStore {
                             key = %lock,
                             "Redis is unavailable; refreshing without the shared lease"
                         );
+                        lease_wait(LeaseWait::Error, started.elapsed());
                         return Ok(None);
                     }
-                    Err(e) => return Err(store_error("lease", &e)),
+                    Err(e) => {
+                        lease_wait(LeaseWait::Error, started.elapsed());
+                        return Err(store_error("lease", &e));
+                    }
                 }
                 let waited = started.elapsed();
                 if waited >= wait {
+                    lease_wait(LeaseWait::Timeout, waited);
                     return Err(StoreError::transient(format!(
                         "timed out after {} ms waiting for the refresh lease {lock}",
                         waited.as_millis()
@@ -839,6 +850,7 @@ impl RedisLease {
     /// The error of a renewal that found the lease gone. It stays in `held`, so this process's
     /// writes remain fenced (and refused) rather than becoming unconditional.
     fn lost(&self) -> StoreError {
+        lease_lost("renew");
         StoreError::transient(format!(
             "the refresh lease {} was lost (it expired or another process holds it now); \
              another process may refresh",
@@ -896,6 +908,16 @@ impl RefreshLease for RedisLease {
             }
         })
     }
+}
+
+/// Records a wait for the lease (feature `metrics`; see `client_auth::metrics`).
+fn lease_wait(outcome: LeaseWait, waited: Duration) {
+    client_auth::metrics::lease_wait("redis", outcome, waited);
+}
+
+/// Records a lease found lost `at` a renewal, a fenced write or a fenced clear.
+fn lease_lost(at: &'static str) {
+    client_auth::metrics::lease_lost("redis", at);
 }
 
 #[cfg(doctest)]

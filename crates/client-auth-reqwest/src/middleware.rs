@@ -3,7 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use client_auth::adapter::{Plan, ProviderRef, credential_accepted, plan_request};
+use client_auth::adapter::{
+    Plan, ProviderRef, RetrySkipped, credential_accepted, plan_request, report_retry,
+    report_retry_skipped, report_unauthorized,
+};
 use client_auth::{
     AuthorizationProvider, AuthorizeFuture, Error, OriginPolicy, OriginPolicyBuilder, RequestView,
     Unauthorized,
@@ -201,13 +204,17 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
         let Some(mut snapshot) = snapshot else {
             credential.apply(req.headers_mut());
             let response = next.run(req, extensions).await?;
-            if credential_accepted(response.status()) {
+            let status = response.status();
+            if credential_accepted(status) {
                 provider.on_accepted(&credential);
-            } else if response.status() == StatusCode::UNAUTHORIZED && can_recover {
-                tracing::debug!(
-                    status = response.status().as_u16(),
-                    "401 returned without a retry: the request body could not be cloned before sending"
-                );
+            } else if status == StatusCode::UNAUTHORIZED {
+                report_unauthorized(provider);
+                let skipped = if can_recover {
+                    RetrySkipped::BodyNotCloneable
+                } else {
+                    RetrySkipped::CannotRecover
+                };
+                report_retry_skipped(provider, skipped, status);
             }
             return Ok(response);
         };
@@ -215,12 +222,14 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
 
         let retry_next = next.clone();
         let response = next.run(req, extensions).await?;
-        if response.status() != StatusCode::UNAUTHORIZED {
-            if credential_accepted(response.status()) {
+        let status = response.status();
+        if status != StatusCode::UNAUTHORIZED {
+            if credential_accepted(status) {
                 provider.on_accepted(&credential);
             }
             return Ok(response);
         }
+        report_unauthorized(provider);
 
         // reqwest follows redirects inside the client: a 401 that came from another origin
         // answered a request that carried no credential of ours, so it is not ours to retry.
@@ -229,32 +238,38 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
             (sent.scheme(), sent.authority()),
             (answered.scheme(), answered.authority()),
         ) {
-            tracing::debug!("401 from another origin after a redirect: returned without a retry");
+            report_retry_skipped(provider, RetrySkipped::ForeignOrigin, status);
             return Ok(response);
         }
 
         match provider
-            .on_unauthorized(&credential, response.status(), response.headers())
+            .on_unauthorized(&credential, status, response.headers())
             .await
         {
             Ok(Unauthorized::Retry(fresh)) => {
-                tracing::debug!(
-                    failed_generation = credential.generation().get(),
-                    generation = fresh.generation().get(),
-                    "401: retrying once with a new credential"
-                );
+                report_retry(provider, &credential, &fresh);
                 drop(response);
                 fresh.apply(snapshot.headers_mut());
                 // The retry's answer is returned whatever it is; anything but a 401 means the
                 // new credential was accepted.
                 let response = retry_next.run(snapshot, extensions).await?;
-                if credential_accepted(response.status()) {
+                let status = response.status();
+                if credential_accepted(status) {
                     provider.on_accepted(&fresh);
+                } else if status == StatusCode::UNAUTHORIZED {
+                    report_unauthorized(provider);
+                    report_retry_skipped(provider, RetrySkipped::AlreadyRetried, status);
                 }
                 Ok(response)
             }
-            Ok(_) => Ok(response),
-            Err(error) => Err(middleware_error(error)),
+            Ok(_) => {
+                report_retry_skipped(provider, RetrySkipped::Declined, status);
+                Ok(response)
+            }
+            Err(error) => {
+                report_retry_skipped(provider, RetrySkipped::SessionEnded, status);
+                Err(middleware_error(error))
+            }
         }
     }
 }

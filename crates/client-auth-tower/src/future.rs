@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use client_auth::adapter::{RetrySkipped, report_retry, report_retry_skipped, report_unauthorized};
 use client_auth::{
     AuthorizationProvider, AuthorizeFuture, Credential, Unauthorized, UnauthorizedFuture,
 };
@@ -73,8 +74,9 @@ pub(crate) enum Step<S: Service<Request<B>>, B> {
     Authorizing(AuthorizeFuture, Pending<S, B>),
     /// Making the service ready, then stamping and sending.
     Readying(Credential, Pending<S, B>),
-    /// The provider decides about a 401, kept until it has; then the retry is ready to go.
-    Unauthorized(UnauthorizedFuture, S::Response, Pending<S, B>),
+    /// The provider decides about a 401 to the credential kept last, and the 401 is kept until
+    /// it has; then the retry is ready to go.
+    Unauthorized(UnauthorizedFuture, S::Response, Pending<S, B>, Credential),
     /// The provider failed before anything was sent.
     Failed(client_auth::Error),
     /// The output was returned (or the step is being moved).
@@ -216,20 +218,26 @@ where
                         this.state.set(sent);
                         continue;
                     }
-                    Step::Unauthorized(mut answer, response, pending) => {
+                    Step::Unauthorized(mut answer, response, pending, failed) => {
                         let Poll::Ready(answer) = Pin::new(&mut answer).poll(cx) else {
-                            *step = Step::Unauthorized(answer, response, pending);
+                            *step = Step::Unauthorized(answer, response, pending, failed);
                             return Poll::Pending;
                         };
+                        let provider = &*pending.provider;
+                        let status = response.status();
                         // A session that ended: the 401 is dropped and the error returned.
-                        let Unauthorized::Retry(credential) = answer? else {
-                            tracing::debug!("401: the provider gave up; returned unchanged");
-                            return Poll::Ready(Ok(response));
+                        let credential = match answer {
+                            Ok(Unauthorized::Retry(credential)) => credential,
+                            Ok(_) => {
+                                report_retry_skipped(provider, RetrySkipped::Declined, status);
+                                return Poll::Ready(Ok(response));
+                            }
+                            Err(error) => {
+                                report_retry_skipped(provider, RetrySkipped::SessionEnded, status);
+                                return Poll::Ready(Err(error.into()));
+                            }
                         };
-                        tracing::debug!(
-                            generation = credential.generation().get(),
-                            "401: retrying once with a new credential"
-                        );
+                        report_retry(provider, &failed, &credential);
                         // The 401's body is dropped unread; the retry's answer is returned
                         // whatever it is, and reported against the retry's credential.
                         Step::Readying(credential, pending)
@@ -256,38 +264,35 @@ fn answered<S, B: Body, ResB>(
 where
     S: Service<Request<B>, Response = Response<ResB>>,
 {
-    if response.status() != StatusCode::UNAUTHORIZED {
+    let status = response.status();
+    if status != StatusCode::UNAUTHORIZED {
         // The server took the credential: the provider learns that this token works, without
         // a lock or a copy.
-        if client_auth::adapter::credential_accepted(response.status()) {
+        if client_auth::adapter::credential_accepted(status) {
             stamp.provider.on_accepted(&stamp.credential);
         }
         return ControlFlow::Break(response);
     }
-    match mem::replace(retry, Retry::Never) {
+    let provider = &*stamp.provider;
+    report_unauthorized(provider);
+    let skipped = match mem::replace(retry, Retry::Never) {
         Retry::Armed(retry, _) if !answered_by(&response, retry.request.uri()) => {
-            tracing::debug!("401 from another origin after a redirect: returned without a retry");
-            ControlFlow::Break(response)
+            RetrySkipped::ForeignOrigin
         }
         // The copy's body is as it was when it was taken: not drained along with the request's.
         Retry::Armed(retry, size) if retry.request.body().size_hint().exact() == size => {
-            let (status, headers) = (response.status(), response.headers());
-            let answer = stamp
-                .provider
-                .on_unauthorized(&stamp.credential, status, headers);
-            ControlFlow::Continue(Step::Unauthorized(answer, response, retry))
+            let answer = provider.on_unauthorized(&stamp.credential, status, response.headers());
+            let failed = stamp.credential.clone();
+            return ControlFlow::Continue(Step::Unauthorized(answer, response, retry, failed));
         }
-        Retry::Armed(..) | Retry::BodyNotCloned => {
-            tracing::warn!(
-                status = response.status().as_u16(),
-                "401 not retried: the request body could not be copied before it was sent, or \
-                 its copy changed since (a `Clone` that shares the body, drained by the send); \
-                 configure a body clone hook that makes a deep copy to allow the retry"
-            );
-            ControlFlow::Break(response)
-        }
-        Retry::Never => ControlFlow::Break(response),
-    }
+        Retry::Armed(..) => RetrySkipped::BodyCopyChanged,
+        Retry::BodyNotCloned => RetrySkipped::BodyNotCloneable,
+        // No retry armed: the provider never recovers, or this was the retry.
+        Retry::Never if provider.can_recover() => RetrySkipped::AlreadyRetried,
+        Retry::Never => RetrySkipped::CannotRecover,
+    };
+    report_retry_skipped(provider, skipped, status);
+    ControlFlow::Break(response)
 }
 
 impl<S, B> fmt::Debug for ResponseFuture<S, B>

@@ -172,7 +172,8 @@
 //! before it in `ServiceBuilder`), with [`RedirectPolicy`] as the redirect policy (feature
 //! `follow-redirect`):
 //!
-//! ```no_run
+#![cfg_attr(feature = "follow-redirect", doc = "```no_run")]
+#![cfg_attr(not(feature = "follow-redirect"), doc = "```ignore")]
 //! use bytes::Bytes;
 //! use client_auth::StaticToken;
 //! use client_auth_tower::{AuthorizeLayer, RedirectPolicy};
@@ -225,6 +226,28 @@
 //! # }
 //! ```
 //!
+//! # Logs, traces and metrics
+//!
+//! Both adapters, `client-auth-tower` and `client-auth-reqwest`, log the same decision at the
+//! same level (one function of the core, [`client_auth::adapter::report_retry_skipped`], logs
+//! and counts it for both):
+//!
+//! | level | what |
+//! |---|---|
+//! | WARN | a 401 the provider could have recovered from is returned, because of how the request was built: its body could not be copied before the send (`body_not_cloneable`), or the copy changed with the send (`body_copy_changed`). The application can fix it. Also the first relative URI a policy sees. |
+//! | DEBUG | every other decision, made by design: a retry being sent (with `http.request.resend_count = 1`), a 401 returned because the provider never retries (`cannot_recover`), because it answered the retry (`already_retried`), because it came from another origin after a redirect (`foreign_origin`), because the provider gave up (`declined`: cooldown, backoff) or its session ended (`session_ended`); a caller-set `Authorization` kept |
+//!
+//! Nothing is logged for a request whose answer is not a 401, and an error the provider
+//! returns goes to the caller, not to the log. The providers log their own refreshes (a failed
+//! refresh and a session that ended at WARN, a store failure at ERROR) inside the refresh span.
+//!
+//! With feature `metrics` (which turns on `client-auth`'s), every 401 to a stamped request is
+//! counted (`client_auth_unauthorized_total`), and then either its retry
+//! (`client_auth_retries_total`) or the reason it was not retried
+//! (`client_auth_retries_skipped_total{reason}`), labelled with the provider's
+//! [`metrics_name`](client_auth::AuthorizationProvider::metrics_name). Nothing is recorded for
+//! other answers. [`client_auth::metrics`] lists every metric and span.
+//!
 //! # A tokio runtime is required
 //!
 //! Providers refresh on tasks spawned on the current tokio runtime (see [`client_auth`]).
@@ -234,6 +257,7 @@
 //! | feature | adds |
 //! |---|---|
 //! | `follow-redirect` | [`RedirectPolicy`] and the final-URI check of a 401, for `AuthorizeLayer` outside tower-http 0.6's `FollowRedirect` |
+//! | `metrics` | `client-auth`'s `metrics`: counters of 401s and retries, and the providers' metrics (see [Logs, traces and metrics](#logs-traces-and-metrics)) |
 //!
 //! None is on by default. The crate turns on nothing in `client-auth`; enable the core's
 //! `reqwest` or `tower` feature for the token-endpoint transport you use.
