@@ -112,6 +112,7 @@ async fn token_endpoint(
     parts: &http::request::Parts,
     body: &[u8],
 ) -> Response<ResponseBody> {
+    state.record_token_request(&parts.method, &parts.headers, body);
     let (guard, fault) = state.enter_token_endpoint();
     if !state.token_delay.is_zero() {
         tokio::time::sleep(state.token_delay).await;
@@ -171,6 +172,7 @@ async fn serve_fault(fault: Fault, guard: InFlightGuard) -> Response<ResponseBod
 }
 
 fn resource(state: &State, parts: &http::request::Parts, body: &Bytes) -> Response<ResponseBody> {
+    let path = parts.uri.path();
     let authorized = match state.authorize(&parts.headers) {
         Ok(authorized) => authorized,
         Err(why) => {
@@ -178,18 +180,26 @@ fn resource(state: &State, parts: &http::request::Parts, body: &Bytes) -> Respon
                 Unauthorized::Missing => "Bearer",
                 Unauthorized::Invalid => "Bearer error=\"invalid_token\"",
             };
-            let mut response = json_response(
-                StatusCode::UNAUTHORIZED,
-                &json!({ "ok": false, "error": "invalid_token" }),
-            );
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
-            );
-            return response;
+            return unauthorized("invalid_token", HeaderValue::from_static(challenge));
         }
     };
-    let path = parts.uri.path();
+    if state.resource_route_allows(path, &authorized) == Some(false) {
+        return unauthorized(
+            "invalid_token",
+            HeaderValue::from_static(
+                "Bearer error=\"invalid_token\", \
+                 error_description=\"the token was not issued for this resource\"",
+            ),
+        );
+    }
+    if let Some(claims) = state.claims_challenge(path, &authorized) {
+        let challenge =
+            format!("Bearer realm=\"testkit\", error=\"insufficient_claims\", claims=\"{claims}\"");
+        // Base64 is always a valid header value; the fallback is never taken.
+        let challenge = HeaderValue::from_str(&challenge)
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"insufficient_claims\""));
+        return unauthorized("insufficient_claims", challenge);
+    }
     match path {
         "/api/forbidden" => json_response(
             StatusCode::FORBIDDEN,
@@ -217,9 +227,27 @@ fn resource(state: &State, parts: &http::request::Parts, body: &Bytes) -> Respon
             if path == "/api/echo" {
                 answer["body"] = json!(String::from_utf8_lossy(body));
             }
+            if let Some(resource) = authorized.resource {
+                answer["resource"] = json!(resource);
+            }
+            if let Some(audience) = authorized.audience {
+                answer["audience"] = json!(audience);
+            }
             json_response(StatusCode::OK, &answer)
         }
     }
+}
+
+/// A `401` from the protected API with this challenge.
+fn unauthorized(error: &str, challenge: HeaderValue) -> Response<ResponseBody> {
+    let mut response = json_response(
+        StatusCode::UNAUTHORIZED,
+        &json!({ "ok": false, "error": error }),
+    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, challenge);
+    response
 }
 
 fn redirect(parts: &http::request::Parts) -> Response<ResponseBody> {

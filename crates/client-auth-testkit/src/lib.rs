@@ -9,6 +9,15 @@
 //! trickled bodies, requests that never get an answer), and counters ([`Stats`]) to assert
 //! how many refreshes happened and how many were in flight at once.
 //!
+//! Opt-in through [`ServerConfig`], the server also plays the parts of servers that go beyond
+//! the two classic grants: tokens per resource or audience checked by the protected API
+//! ([`ServerConfig::resource_routes`]), a non-standard answer shape
+//! ([`ServerConfig::answer_shape`]), a claims challenge ([`ServerConfig::claims_challenge`]),
+//! the JWT bearer grant, token exchange and client authentication by assertion
+//! ([`ServerConfig::accept_assertion`], [`ServerConfig::accept_subject_token`],
+//! [`ServerConfig::accept_client_assertion`]). [`TestServer::token_requests`] shows what each
+//! token request carried.
+//!
 //! ```
 //! use client_auth_testkit::{Fault, ServerConfig, TestServer};
 //! use http::StatusCode;
@@ -49,10 +58,10 @@ mod jwt;
 mod server;
 mod state;
 
-pub use config::ServerConfig;
+pub use config::{AnswerShape, ResourceBinding, ServerConfig};
 pub use fault::Fault;
 pub use server::TestServer;
-pub use state::{IssuedTokens, SeenRequest, Stats};
+pub use state::{IssuedTokens, SeenRequest, SeenTokenRequest, Stats};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -15,7 +15,7 @@ use tokio::task::AbortHandle;
 use crate::config::ServerConfig;
 use crate::fault::Fault;
 use crate::handler;
-use crate::state::{IssuedTokens, SeenRequest, State, Stats};
+use crate::state::{IssuedTokens, SeenRequest, SeenTokenRequest, State, Stats};
 
 /// An OAuth 2.0 authorization server and protected API listening on `127.0.0.1`.
 ///
@@ -23,13 +23,19 @@ use crate::state::{IssuedTokens, SeenRequest, State, Stats};
 ///
 /// | path | what |
 /// |------|------|
-/// | `POST /token` | token endpoint: `refresh_token` and `client_credentials` grants, `client_secret_basic` / `client_secret_post` / public clients |
+/// | `POST /token` | token endpoint: `refresh_token` and `client_credentials` grants, `client_secret_basic` / `client_secret_post` / public clients; opt-in: the JWT bearer grant, token exchange, `client_assertion` authentication, a nested answer shape |
 /// | `POST /revoke` | RFC 7009 revocation, client authentication as at the token endpoint |
 /// | `/api/*` | protected API: bearer tokens issued here, `Token <api key>`, HS256 customer JWTs |
 /// | `/api/forbidden` | 403 for valid credentials |
 /// | `/api/scope` | 403 with `WWW-Authenticate: Bearer error="insufficient_scope"` |
 /// | `/api/echo` | echoes the request body in the JSON field `body` |
+/// | `/api/r/{name}` | opt-in ([`ServerConfig::resource_routes`]): only tokens issued for resource or audience `name` |
+/// | `/api/claims` | opt-in ([`ServerConfig::claims_challenge`]): 401 `insufficient_claims` to tokens asked without the claims |
 /// | `GET /redirect?to=URL&status=307` | unprotected redirect to `to` |
+///
+/// The 200 answer of the protected API is JSON with `ok`, `kind` (`bearer`, `api_key`,
+/// `customer_jwt`), `subject`, `path`, `method`, and the bearer token's `resource` and
+/// `audience` when its token request named them.
 ///
 /// The server runs on the tokio runtime that started it; dropping the handle stops accepting
 /// and closes every connection.
@@ -123,7 +129,7 @@ impl TestServer {
     pub async fn start_with(config: ServerConfig) -> std::io::Result<TestServer> {
         let listener = bind_loopback()?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(State::new(config));
+        let state = Arc::new(State::new(config, format!("http://{addr}")));
         let (shutdown_tx, shutdown_rx) = watch::channel(());
         let accept =
             tokio::spawn(accept_loop(listener, Arc::clone(&state), shutdown_rx)).abort_handle();
@@ -163,6 +169,25 @@ impl TestServer {
     /// protected.
     pub fn resource_url(&self) -> String {
         self.url("/api/resource")
+    }
+
+    /// The RFC 8707 resource indicator that the per-resource route `/api/r/{name}` requires
+    /// with [`ResourceBinding::Resource`](crate::ResourceBinding::Resource):
+    /// `base_url() + "/r/" + name`.
+    pub fn resource_indicator(&self, name: &str) -> String {
+        self.state.resource_indicator(name)
+    }
+
+    /// The per-resource route of `name`, `base_url() + "/api/r/" + name` (see
+    /// [`ServerConfig::resource_routes`]).
+    pub fn resource_route_url(&self, name: &str) -> String {
+        self.url(&format!("/api/r/{name}"))
+    }
+
+    /// The claims challenge route, `base_url() + "/api/claims"` (see
+    /// [`ServerConfig::claims_challenge`]).
+    pub fn claims_url(&self) -> String {
+        self.url("/api/claims")
     }
 
     /// `base_url() + path`; `path` should start with `/`.
@@ -243,7 +268,7 @@ impl TestServer {
         self.state.stats()
     }
 
-    /// Resets the counters and forgets the seen requests. The concurrency maximum restarts
+    /// Resets the counters and forgets the seen requests and token requests. The concurrency maximum restarts
     /// from the number of token requests in flight now.
     pub fn reset_stats(&self) {
         self.state.reset_stats();
@@ -252,5 +277,11 @@ impl TestServer {
     /// Every request that reached `/api/*` or `/redirect*`, in order of arrival.
     pub fn seen_requests(&self) -> Vec<SeenRequest> {
         self.state.seen_requests()
+    }
+
+    /// Every request that reached the token endpoint (faults included), in order of arrival,
+    /// with its form parameters and headers; [`reset_stats`](Self::reset_stats) forgets them.
+    pub fn token_requests(&self) -> Vec<SeenTokenRequest> {
+        self.state.token_requests()
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
-use crate::config::{ClientRegistration, ServerConfig};
+use crate::config::{AnswerShape, ClientRegistration, ResourceBinding, ServerConfig};
 use crate::fault::Fault;
 use crate::jwt;
 
@@ -61,6 +61,123 @@ pub struct Stats {
     pub resource_calls: BTreeMap<u16, u64>,
     /// The largest number of token-endpoint requests that were in flight at the same time.
     pub max_concurrent_token_requests: u64,
+    /// Token requests with `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer` (handled
+    /// normally, not faults).
+    pub jwt_bearer_grants: u64,
+    /// Token requests with `grant_type=urn:ietf:params:oauth:grant-type:token-exchange`
+    /// (handled normally, not faults).
+    pub token_exchange_grants: u64,
+    /// Token requests handled normally (not faults) by their `resource` parameter; requests
+    /// without one are not counted here.
+    pub token_calls_by_resource: BTreeMap<String, u64>,
+    /// Token requests handled normally (not faults) by their `audience` parameter; requests
+    /// without one are not counted here.
+    pub token_calls_by_audience: BTreeMap<String, u64>,
+    /// Requests to `/api/r/{name}` refused because their credential was not issued for `name`
+    /// ([`ServerConfig::resource_routes`](crate::ServerConfig::resource_routes)).
+    pub resource_mismatches: u64,
+    /// `401 insufficient_claims` answers of `/api/claims`
+    /// ([`ServerConfig::claims_challenge`](crate::ServerConfig::claims_challenge)).
+    pub claims_challenges: u64,
+    /// Token requests handled normally (not faults) that carried a `claims` parameter.
+    pub claims_token_requests: u64,
+}
+
+/// A request that reached the token endpoint, from
+/// [`TestServer::token_requests`](crate::TestServer::token_requests).
+///
+/// It holds what was sent, secrets included, for tests to assert on; `Debug` shows parameter
+/// names and the values of `grant_type`, `scope`, `resource`, `audience`, `claims`,
+/// `client_id`, `subject_token_type` and `client_assertion_type` only.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SeenTokenRequest {
+    /// The request method, e.g. `POST`.
+    pub method: String,
+    /// The form parameters of the body, in order (repeated ones included; empty for a body
+    /// that is not a form).
+    pub params: Vec<(String, String)>,
+    /// The request headers.
+    pub headers: HeaderMap,
+}
+
+impl SeenTokenRequest {
+    /// The first value of the form parameter `name`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of header `name`, if it is there and is UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Parameters whose values `SeenTokenRequest`'s `Debug` shows.
+const SHOWN_PARAMS: [&str; 8] = [
+    "grant_type",
+    "scope",
+    "resource",
+    "audience",
+    "claims",
+    "client_id",
+    "subject_token_type",
+    "client_assertion_type",
+];
+
+impl fmt::Debug for SeenTokenRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Params<'a>(&'a [(String, String)]);
+        impl fmt::Debug for Params<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_map()
+                    .entries(self.0.iter().map(|(k, v)| {
+                        let shown = if SHOWN_PARAMS.contains(&k.as_str()) {
+                            v.as_str()
+                        } else {
+                            "…"
+                        };
+                        (k, shown)
+                    }))
+                    .finish()
+            }
+        }
+        f.debug_struct("SeenTokenRequest")
+            .field("method", &self.method)
+            .field("params", &Params(&self.params))
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// What a token request asked its access token for, remembered with it.
+#[derive(Debug, Clone, Default)]
+struct Target {
+    resource: Option<String>,
+    audience: Option<String>,
+    claims: Option<String>,
+}
+
+impl Target {
+    fn of(params: &HashMap<String, String>) -> Self {
+        Self {
+            resource: params.get("resource").cloned(),
+            audience: params.get("audience").cloned(),
+            claims: params.get("claims").cloned(),
+        }
+    }
+}
+
+/// A freshly minted access token.
+struct Minted {
+    access_token: String,
+    /// Lifetime in whole seconds, rounded up, at least 1.
+    expires_in: u64,
+    /// Expiry as UNIX seconds on the server's clock, rounded up.
+    expires_at: u64,
 }
 
 /// A request seen by the protected API (`/api/*`) or the redirect endpoint (`/redirect*`).
@@ -93,6 +210,7 @@ struct AccessRecord {
     grant: Option<u64>,
     expires_at: Instant,
     revoked: bool,
+    target: Target,
 }
 
 struct Inner {
@@ -108,6 +226,7 @@ struct Inner {
     in_flight: u64,
     stats: Stats,
     seen: Vec<SeenRequest>,
+    token_requests: Vec<SeenTokenRequest>,
 }
 
 /// Shared state of one server.
@@ -118,6 +237,15 @@ pub(crate) struct State {
     rotate_refresh_tokens: bool,
     include_expires_in: bool,
     pub(crate) token_delay: Duration,
+    answer_shape: AnswerShape,
+    resource_routes: Option<ResourceBinding>,
+    claims_challenge: Option<String>,
+    assertions: Vec<String>,
+    subject_tokens: Vec<String>,
+    client_assertions: Vec<(String, String)>,
+    echo_rejected_assertions: bool,
+    /// `http://127.0.0.1:PORT`, the base of resource indicators.
+    base_url: String,
     inner: Mutex<Inner>,
 }
 
@@ -169,7 +297,42 @@ impl EndpointReply {
 pub(crate) struct Authorized {
     pub(crate) kind: &'static str,
     pub(crate) subject: Value,
+    /// The `resource` the bearer token was issued for.
+    pub(crate) resource: Option<String>,
+    /// The `audience` the bearer token was issued for.
+    pub(crate) audience: Option<String>,
+    /// The `claims` the bearer token's request carried.
+    pub(crate) claims: Option<String>,
 }
+
+impl Authorized {
+    fn other(kind: &'static str, subject: Value) -> Self {
+        Self {
+            kind,
+            subject,
+            resource: None,
+            audience: None,
+            claims: None,
+        }
+    }
+}
+
+/// A client that passed authentication at the token or revocation endpoint.
+#[derive(Debug, Clone, Copy)]
+struct AuthenticatedClient<'a> {
+    id: &'a str,
+    /// Authenticated by a secret or an assertion, not a public client.
+    confidential: bool,
+}
+
+/// `grant_type` of the JWT bearer grant (RFC 7523 §2.1).
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// `grant_type` of token exchange (RFC 8693 §2.1).
+const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// `client_assertion_type` of a JWT client assertion (RFC 7523 §2.2).
+const JWT_CLIENT_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// `issued_token_type` of a token exchange's access token (RFC 8693 §3).
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// Why a protected-API request was not authorized.
 #[derive(Debug, PartialEq, Eq)]
@@ -234,6 +397,22 @@ fn parse_form(body: &[u8]) -> Option<HashMap<String, String>> {
     Some(params)
 }
 
+/// Whether `resource` can be an RFC 8707 resource indicator here: an absolute `http(s)` URI
+/// with a host and without a fragment.
+fn is_resource_indicator(resource: &str) -> bool {
+    let Some((scheme, rest)) = resource.split_once("://") else {
+        return false;
+    };
+    let host_present = rest
+        .split(['/', '?'])
+        .next()
+        .is_some_and(|authority| !authority.is_empty());
+    (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+        && host_present
+        && !resource.contains('#')
+        && !resource.chars().any(char::is_whitespace)
+}
+
 /// Client credentials presented with a request: `(client_id, secret)`.
 fn client_credentials(
     headers: &HeaderMap,
@@ -290,7 +469,8 @@ fn client_credentials(
 }
 
 impl State {
-    pub(crate) fn new(config: ServerConfig) -> Self {
+    /// The state of a server reached at `base_url` (`http://127.0.0.1:PORT`).
+    pub(crate) fn new(config: ServerConfig, base_url: String) -> Self {
         Self {
             clients: config.clients,
             api_keys: config.api_keys.into_iter().collect(),
@@ -298,6 +478,14 @@ impl State {
             rotate_refresh_tokens: config.rotate_refresh_tokens,
             include_expires_in: config.include_expires_in,
             token_delay: config.token_delay,
+            answer_shape: config.answer_shape,
+            resource_routes: config.resource_routes,
+            claims_challenge: config.claims_challenge,
+            assertions: config.assertions,
+            subject_tokens: config.subject_tokens,
+            client_assertions: config.client_assertions,
+            echo_rejected_assertions: config.echo_rejected_assertions,
+            base_url,
             inner: Mutex::new(Inner {
                 access_token_lifetime: config.access_token_lifetime,
                 clock_offset: Duration::ZERO,
@@ -311,6 +499,7 @@ impl State {
                 in_flight: 0,
                 stats: Stats::default(),
                 seen: Vec::new(),
+                token_requests: Vec::new(),
             }),
         }
     }
@@ -335,9 +524,14 @@ impl State {
     }
 
     fn now_unix(inner: &Inner) -> f64 {
+        Self::since_epoch(inner).as_secs_f64()
+    }
+
+    /// The server clock's time since the UNIX epoch.
+    fn since_epoch(inner: &Inner) -> Duration {
         (SystemTime::now() + inner.clock_offset)
             .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64())
+            .unwrap_or_default()
     }
 
     pub(crate) fn set_access_token_lifetime(&self, lifetime: Duration) {
@@ -346,10 +540,11 @@ impl State {
 
     // ----- tokens -----
 
-    fn mint_access(inner: &mut Inner, subject: &str, grant: Option<u64>) -> (String, u64) {
+    fn mint_access(inner: &mut Inner, subject: &str, grant: Option<u64>, target: Target) -> Minted {
         let token = random_token("at_");
         let lifetime = inner.access_token_lifetime;
         let expires_at = Self::now(inner) + lifetime;
+        let expires_at_unix = expires_in_secs(Self::since_epoch(inner).saturating_add(lifetime));
         inner.access_tokens.insert(
             token.clone(),
             AccessRecord {
@@ -357,9 +552,14 @@ impl State {
                 grant,
                 expires_at,
                 revoked: false,
+                target,
             },
         );
-        (token, expires_in_secs(lifetime))
+        Minted {
+            access_token: token,
+            expires_in: expires_in_secs(lifetime),
+            expires_at: expires_at_unix,
+        }
     }
 
     fn mint_refresh(inner: &mut Inner, grant: u64) -> String {
@@ -387,25 +587,32 @@ impl State {
                 revoked: false,
             },
         );
-        let (access_token, expires_in) = Self::mint_access(&mut inner, subject, Some(id));
+        let minted = Self::mint_access(&mut inner, subject, Some(id), Target::default());
         let refresh_token = Self::mint_refresh(&mut inner, id);
         IssuedTokens {
-            access_token,
+            access_token: minted.access_token,
             refresh_token,
-            expires_in,
+            expires_in: minted.expires_in,
         }
     }
 
+    /// The body of a successful token answer, in the configured shape.
     fn success_body(
         &self,
-        access_token: String,
-        expires_in: u64,
+        minted: Minted,
         refresh_token: Option<String>,
         scope: Option<&str>,
+        issued_token_type: Option<&str>,
     ) -> Value {
-        let mut body = json!({ "access_token": access_token, "token_type": "Bearer" });
+        let mut body = json!({ "access_token": minted.access_token });
+        if self.answer_shape == AnswerShape::Standard {
+            body["token_type"] = json!("Bearer");
+        }
         if self.include_expires_in {
-            body["expires_in"] = json!(expires_in);
+            match self.answer_shape {
+                AnswerShape::Standard => body["expires_in"] = json!(minted.expires_in),
+                AnswerShape::Nested => body["expires_at"] = json!(minted.expires_at),
+            }
         }
         if let Some(rt) = refresh_token {
             body["refresh_token"] = json!(rt);
@@ -413,14 +620,23 @@ impl State {
         if let Some(scope) = scope {
             body["scope"] = json!(scope);
         }
-        body
+        if let Some(issued) = issued_token_type {
+            body["issued_token_type"] = json!(issued);
+        }
+        match self.answer_shape {
+            AnswerShape::Standard => body,
+            AnswerShape::Nested => json!({ "data": body }),
+        }
     }
 
     fn authenticate_client(
         &self,
         headers: &HeaderMap,
         params: &HashMap<String, String>,
-    ) -> Result<&ClientRegistration, EndpointReply> {
+    ) -> Result<AuthenticatedClient<'_>, EndpointReply> {
+        if params.contains_key("client_assertion") || params.contains_key("client_assertion_type") {
+            return self.authenticate_by_assertion(headers, params);
+        }
         let (id, secret) = client_credentials(headers, params)?;
         let client = self
             .clients
@@ -431,7 +647,64 @@ impl State {
         if client.secret != presented {
             return Err(EndpointReply::invalid_client());
         }
-        Ok(client)
+        Ok(AuthenticatedClient {
+            id: &client.id,
+            confidential: client.secret.is_some(),
+        })
+    }
+
+    /// Client authentication by `client_assertion` (RFC 7523 §2.2), against the configured
+    /// assertions.
+    fn authenticate_by_assertion(
+        &self,
+        headers: &HeaderMap,
+        params: &HashMap<String, String>,
+    ) -> Result<AuthenticatedClient<'_>, EndpointReply> {
+        if headers.contains_key(http::header::AUTHORIZATION) || params.contains_key("client_secret")
+        {
+            return Err(EndpointReply::bad_request(
+                "invalid_request",
+                "more than one client authentication method used",
+            ));
+        }
+        if params.get("client_assertion_type").map(String::as_str) != Some(JWT_CLIENT_ASSERTION) {
+            return Err(EndpointReply::error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "unsupported client_assertion_type",
+            ));
+        }
+        let Some(presented) = params.get("client_assertion") else {
+            return Err(EndpointReply::error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "missing client_assertion",
+            ));
+        };
+        let claimed_id = params.get("client_id");
+        self.client_assertions
+            .iter()
+            .find(|(id, assertion)| assertion == presented && claimed_id.is_none_or(|c| c == id))
+            .map(|(id, _)| AuthenticatedClient {
+                id,
+                confidential: true,
+            })
+            .ok_or_else(|| {
+                EndpointReply::error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    &self.rejection("client assertion not accepted", presented),
+                )
+            })
+    }
+
+    /// The `error_description` of a rejected assertion: quoting it only when configured to.
+    fn rejection(&self, what: &str, presented: &str) -> String {
+        if self.echo_rejected_assertions {
+            format!("{what}: {presented}")
+        } else {
+            what.to_owned()
+        }
     }
 
     /// Handles one token request normally (no fault).
@@ -466,45 +739,127 @@ impl State {
             Err(reply) => return reply,
         };
         let grant_type = params.get("grant_type").map(String::as_str);
+        let target = Target::of(&params);
         {
             let mut inner = self.lock();
             match grant_type {
                 Some("refresh_token") => inner.stats.refresh_grants += 1,
                 Some("client_credentials") => inner.stats.client_credentials_grants += 1,
+                Some(JWT_BEARER_GRANT) => inner.stats.jwt_bearer_grants += 1,
+                Some(TOKEN_EXCHANGE_GRANT) => inner.stats.token_exchange_grants += 1,
                 _ => {}
             }
+            let stats = &mut inner.stats;
+            if let Some(resource) = &target.resource {
+                *stats
+                    .token_calls_by_resource
+                    .entry(resource.clone())
+                    .or_default() += 1;
+            }
+            if let Some(audience) = &target.audience {
+                *stats
+                    .token_calls_by_audience
+                    .entry(audience.clone())
+                    .or_default() += 1;
+            }
+            if target.claims.is_some() {
+                stats.claims_token_requests += 1;
+            }
+        }
+        if self.resource_routes.is_some()
+            && let Some(resource) = &target.resource
+            && !is_resource_indicator(resource)
+        {
+            return EndpointReply::bad_request(
+                "invalid_target",
+                "resource must be an absolute http(s) URI without a fragment",
+            );
         }
         let client = match self.authenticate_client(headers, &params) {
             Ok(client) => client,
             Err(reply) => return reply,
         };
+        let assertion_grants = || {
+            let mut supported = String::from("refresh_token, client_credentials");
+            if !self.assertions.is_empty() {
+                supported.push_str(", ");
+                supported.push_str(JWT_BEARER_GRANT);
+            }
+            if !self.subject_tokens.is_empty() {
+                supported.push_str(", ");
+                supported.push_str(TOKEN_EXCHANGE_GRANT);
+            }
+            supported
+        };
         match grant_type {
             None => EndpointReply::bad_request("invalid_request", "missing grant_type"),
             Some("client_credentials") => {
-                if client.secret.is_none() {
+                if !client.confidential {
                     return EndpointReply::bad_request(
                         "unauthorized_client",
                         "public clients cannot use client_credentials",
                     );
                 }
-                let scope = params.get("scope").map(String::as_str);
-                let mut inner = self.lock();
-                let (access, expires_in) = Self::mint_access(&mut inner, &client.id, None);
-                drop(inner);
-                EndpointReply::ok(self.success_body(access, expires_in, None, scope))
+                self.mint_for_client(client, &params, target, None)
             }
-            Some("refresh_token") => self.refresh(client, &params),
+            Some("refresh_token") => self.refresh(client, &params, target),
+            Some(JWT_BEARER_GRANT) if !self.assertions.is_empty() => {
+                let Some(assertion) = params.get("assertion") else {
+                    return EndpointReply::bad_request("invalid_request", "missing assertion");
+                };
+                if !self.assertions.contains(assertion) {
+                    return EndpointReply::bad_request(
+                        "invalid_grant",
+                        &self.rejection("assertion not accepted", assertion),
+                    );
+                }
+                self.mint_for_client(client, &params, target, None)
+            }
+            Some(TOKEN_EXCHANGE_GRANT) if !self.subject_tokens.is_empty() => {
+                let (Some(subject_token), Some(_)) = (
+                    params.get("subject_token"),
+                    params.get("subject_token_type"),
+                ) else {
+                    return EndpointReply::bad_request(
+                        "invalid_request",
+                        "missing subject_token or subject_token_type",
+                    );
+                };
+                if !self.subject_tokens.contains(subject_token) {
+                    return EndpointReply::bad_request(
+                        "invalid_grant",
+                        &self.rejection("subject token not accepted", subject_token),
+                    );
+                }
+                self.mint_for_client(client, &params, target, Some(ACCESS_TOKEN_TYPE))
+            }
             Some(_) => EndpointReply::bad_request(
                 "unsupported_grant_type",
-                "supported: refresh_token, client_credentials",
+                &format!("supported: {}", assertion_grants()),
             ),
         }
     }
 
+    /// An access token whose subject is the client, without a refresh token.
+    fn mint_for_client(
+        &self,
+        client: AuthenticatedClient<'_>,
+        params: &HashMap<String, String>,
+        target: Target,
+        issued_token_type: Option<&str>,
+    ) -> EndpointReply {
+        let scope = params.get("scope").map(String::as_str);
+        let mut inner = self.lock();
+        let minted = Self::mint_access(&mut inner, client.id, None, target);
+        drop(inner);
+        EndpointReply::ok(self.success_body(minted, None, scope, issued_token_type))
+    }
+
     fn refresh(
         &self,
-        client: &ClientRegistration,
+        client: AuthenticatedClient<'_>,
         params: &HashMap<String, String>,
+        target: Target,
     ) -> EndpointReply {
         let Some(presented) = params.get("refresh_token") else {
             return EndpointReply::bad_request("invalid_request", "missing refresh_token");
@@ -545,7 +900,7 @@ impl State {
             }
         };
         let subject = grant.subject.clone();
-        let (access, expires_in) = Self::mint_access(&mut inner, &subject, Some(grant_id));
+        let minted = Self::mint_access(&mut inner, &subject, Some(grant_id), target);
         let new_refresh = if self.rotate_refresh_tokens {
             if let Some(record) = inner.refresh_tokens.get_mut(presented) {
                 record.used = true;
@@ -555,7 +910,7 @@ impl State {
             None
         };
         drop(inner);
-        EndpointReply::ok(self.success_body(access, expires_in, new_refresh, scope.as_deref()))
+        EndpointReply::ok(self.success_body(minted, new_refresh, scope.as_deref(), None))
     }
 
     /// Handles one RFC 7009 revocation request.
@@ -594,7 +949,7 @@ impl State {
                 Some(g) => inner.grants.get(&g).map(|g| g.client_id.as_str()),
                 None => Some(access.subject.as_str()),
             };
-            if owner == Some(client.id.as_str())
+            if owner == Some(client.id)
                 && let Some(access) = inner.access_tokens.get_mut(token)
             {
                 access.revoked = true;
@@ -652,10 +1007,7 @@ impl State {
         }
         if scheme.eq_ignore_ascii_case("token") {
             return if self.api_keys.contains(credential) {
-                Ok(Authorized {
-                    kind: "api_key",
-                    subject: Value::Null,
-                })
+                Ok(Authorized::other("api_key", Value::Null))
             } else {
                 Err(Unauthorized::Invalid)
             };
@@ -671,21 +1023,70 @@ impl State {
                 Ok(Authorized {
                     kind: "bearer",
                     subject: Value::String(record.subject.clone()),
+                    resource: record.target.resource.clone(),
+                    audience: record.target.audience.clone(),
+                    claims: record.target.claims.clone(),
                 })
             } else {
                 Err(Unauthorized::Invalid)
             };
         }
         match jwt::verify(credential, &self.customer_keys, Self::now_unix(&inner)) {
-            Ok(subject) => Ok(Authorized {
-                kind: "customer_jwt",
-                subject,
-            }),
+            Ok(subject) => Ok(Authorized::other("customer_jwt", subject)),
             Err(why) => {
                 tracing::debug!(?why, "customer JWT rejected");
                 Err(Unauthorized::Invalid)
             }
         }
+    }
+
+    /// For a per-resource route `/api/r/{name}…` while
+    /// [`ServerConfig::resource_routes`] is on: whether `authorized` was issued for `name`
+    /// (counting a mismatch). `None` for every other path or with the routes off.
+    pub(crate) fn resource_route_allows(
+        &self,
+        path: &str,
+        authorized: &Authorized,
+    ) -> Option<bool> {
+        let binding = self.resource_routes?;
+        let rest = path.strip_prefix("/api/r/")?;
+        let name = rest.split('/').next().unwrap_or_default();
+        let allowed = !name.is_empty()
+            && match binding {
+                ResourceBinding::Resource => {
+                    authorized.resource.as_deref() == Some(self.resource_indicator(name).as_str())
+                }
+                ResourceBinding::Audience => authorized.audience.as_deref() == Some(name),
+            };
+        if !allowed {
+            self.lock().stats.resource_mismatches += 1;
+        }
+        Some(allowed)
+    }
+
+    /// The RFC 8707 resource indicator of the per-resource route `name`.
+    pub(crate) fn resource_indicator(&self, name: &str) -> String {
+        format!("{}/r/{name}", self.base_url)
+    }
+
+    /// For `/api/claims` while [`ServerConfig::claims_challenge`] is on: `None` when
+    /// `authorized` carries the claims, the challenge's base64 `claims` when it does not
+    /// (counting the challenge). Always `None` with the challenge off or on another path.
+    pub(crate) fn claims_challenge(&self, path: &str, authorized: &Authorized) -> Option<String> {
+        let wanted = self.claims_challenge.as_deref()?;
+        if path != "/api/claims" {
+            return None;
+        }
+        if authorized
+            .claims
+            .as_deref()
+            .is_some_and(|claims| same_claims(claims, wanted))
+        {
+            return None;
+        }
+        self.lock().stats.claims_challenges += 1;
+        use base64::Engine as _;
+        Some(base64::engine::general_purpose::STANDARD.encode(wanted))
     }
 
     // ----- faults -----
@@ -725,6 +1126,30 @@ impl State {
         self.lock().seen.push(seen);
     }
 
+    pub(crate) fn record_token_request(
+        &self,
+        method: &http::Method,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) {
+        let params = if check_form_content_type(headers).is_ok() {
+            form_urlencoded::parse(body)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.lock().token_requests.push(SeenTokenRequest {
+            method: method.to_string(),
+            params,
+            headers: headers.clone(),
+        });
+    }
+
+    pub(crate) fn token_requests(&self) -> Vec<SeenTokenRequest> {
+        self.lock().token_requests.clone()
+    }
+
     pub(crate) fn record_resource_status(&self, status: StatusCode) {
         *self
             .lock()
@@ -745,10 +1170,23 @@ impl State {
             ..Stats::default()
         };
         inner.seen.clear();
+        inner.token_requests.clear();
     }
 
     pub(crate) fn seen_requests(&self) -> Vec<SeenRequest> {
         self.lock().seen.clone()
+    }
+}
+
+/// Whether two `claims` values say the same: equal as JSON values when both parse, equal as
+/// text otherwise.
+fn same_claims(a: &str, b: &str) -> bool {
+    match (
+        serde_json::from_str::<Value>(a),
+        serde_json::from_str::<Value>(b),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
     }
 }
 
@@ -811,7 +1249,7 @@ mod tests {
 
     #[test]
     fn issued_tokens_debug_is_redacted() {
-        let state = State::new(ServerConfig::default());
+        let state = State::new(ServerConfig::default(), "http://127.0.0.1:1".to_owned());
         let tokens = state.issue_grant("alice", None);
         let shown = format!("{tokens:?}");
         assert!(!shown.contains(&tokens.access_token));

@@ -802,3 +802,406 @@ async fn many_concurrent_connections_are_served() {
     }
     assert_eq!(server.stats().resource_calls.get(&200), Some(&500));
 }
+
+// ----- tokens per resource, answer shapes, claims challenges, assertion grants -----
+
+/// A token request by a client with no credentials of the first client (public, assertion).
+async fn token_as(server: &TestServer, pairs: &[(&str, &str)]) -> Reply {
+    send(Method::POST, &server.token_url(), &[FORM], form(pairs)).await
+}
+
+fn access_token_of(reply: &Reply) -> String {
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    reply.json()["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_routes_accept_only_tokens_issued_for_their_resource() {
+    let server = TestServer::start_with(
+        ServerConfig::default().resource_routes(client_auth_testkit::ResourceBinding::Resource),
+    )
+    .await
+    .unwrap();
+    let a = server.resource_indicator("a");
+    assert_eq!(a, format!("{}/r/a", server.base_url()));
+    let for_a = access_token_of(
+        &token(
+            &server,
+            &[("grant_type", "client_credentials"), ("resource", &a)],
+        )
+        .await,
+    );
+    let for_nothing =
+        access_token_of(&token(&server, &[("grant_type", "client_credentials")]).await);
+    let bearer_a = format!("Bearer {for_a}");
+
+    let ok = get_api(&server, "/api/r/a/items?x=1", Some(&bearer_a)).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.json()["resource"], a.as_str());
+    for (path, auth) in [
+        ("/api/r/b", bearer_a.clone()),
+        ("/api/r/", bearer_a.clone()),
+        ("/api/r/a", format!("Bearer {for_nothing}")),
+    ] {
+        let refused = get_api(&server, path, Some(&auth)).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert!(
+            refused
+                .header("www-authenticate")
+                .unwrap()
+                .starts_with("Bearer error=\"invalid_token\""),
+            "{path}"
+        );
+    }
+    // Other routes take a token for any resource, as before.
+    assert_eq!(bearer(&server, &for_a).await.status, StatusCode::OK);
+
+    let stats = server.stats();
+    assert_eq!(stats.resource_mismatches, 3);
+    assert_eq!(stats.token_calls_by_resource.get(&a), Some(&1));
+    assert_eq!(stats.token_calls_by_resource.len(), 1);
+
+    // An unusable resource indicator is invalid_target.
+    for bad in [
+        "not a uri",
+        "/r/a",
+        "ftp://x/r/a",
+        "http:///r/a",
+        "http://h/r/a#frag",
+    ] {
+        let reply = token(
+            &server,
+            &[("grant_type", "client_credentials"), ("resource", bad)],
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(reply.json()["error"], "invalid_target", "{bad}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audience_routes_and_the_resource_parameter_without_routes() {
+    let server = TestServer::start_with(
+        ServerConfig::default().resource_routes(client_auth_testkit::ResourceBinding::Audience),
+    )
+    .await
+    .unwrap();
+    let orders = access_token_of(
+        &token(
+            &server,
+            &[("grant_type", "client_credentials"), ("audience", "orders")],
+        )
+        .await,
+    );
+    let auth = format!("Bearer {orders}");
+    assert_eq!(
+        get_api(&server, "/api/r/orders", Some(&auth)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_api(&server, "/api/r/billing", Some(&auth)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        server.stats().token_calls_by_audience.get("orders"),
+        Some(&1)
+    );
+
+    // Without resource routes: `/api/r/*` is a plain route and any resource text is kept.
+    let plain = TestServer::start().await.unwrap();
+    let token = access_token_of(
+        &token(
+            &plain,
+            &[
+                ("grant_type", "client_credentials"),
+                ("resource", "anything"),
+            ],
+        )
+        .await,
+    );
+    let reply = get_api(&plain, "/api/r/b", Some(&format!("Bearer {token}"))).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["resource"], "anything");
+    assert_eq!(plain.stats().resource_mismatches, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nested_answer_shape_wraps_the_tokens_with_expires_at_and_no_token_type() {
+    let server = TestServer::start_with(
+        ServerConfig::default()
+            .answer_shape(client_auth_testkit::AnswerShape::Nested)
+            .access_token_lifetime(Duration::from_secs(600)),
+    )
+    .await
+    .unwrap();
+    server.advance(Duration::from_secs(1000));
+    let before = unix_now() + 1000;
+    let reply = token(&server, &[("grant_type", "client_credentials")]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let body = reply.json();
+    let data = &body["data"];
+    assert_eq!(body.as_object().unwrap().len(), 1, "{body}");
+    assert!(data.get("token_type").is_none());
+    assert!(data.get("expires_in").is_none());
+    let expires_at = data["expires_at"].as_u64().unwrap();
+    assert!(
+        (before + 600..=before + 602).contains(&expires_at),
+        "{expires_at} on the server's clock"
+    );
+    let access = data["access_token"].as_str().unwrap();
+    assert_eq!(bearer(&server, access).await.status, StatusCode::OK);
+
+    // Refresh tokens are nested too; errors keep the standard shape.
+    let issued = server.issue_grant("alice", None);
+    let refreshed = refresh(&server, &issued.refresh_token).await.json();
+    assert!(refreshed["data"]["refresh_token"].is_string());
+    let error = refresh(&server, "rt_unknown").await;
+    assert_eq!(error.json()["error"], "invalid_grant");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_claims_route_challenges_tokens_asked_without_its_claims() {
+    let claims = r#"{"access_token":{"nbf":{"essential":true,"value":"1726077595"}}}"#;
+    let server = TestServer::start_with(ServerConfig::default().claims_challenge(claims))
+        .await
+        .unwrap();
+    let plain = access_token_of(&token(&server, &[("grant_type", "client_credentials")]).await);
+    let challenged = get_api(&server, "/api/claims", Some(&format!("Bearer {plain}"))).await;
+    assert_eq!(challenged.status, StatusCode::UNAUTHORIZED);
+    let challenge = challenged.header("www-authenticate").unwrap();
+    assert!(
+        challenge.contains(r#"error="insufficient_claims""#),
+        "{challenge}"
+    );
+    let encoded = challenge
+        .split("claims=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap();
+    assert_eq!(STANDARD.decode(encoded).unwrap(), claims.as_bytes());
+    // Other routes do not care.
+    assert_eq!(bearer(&server, &plain).await.status, StatusCode::OK);
+
+    // The same claims, spaced differently, are the same JSON.
+    let spaced = r#"{ "access_token": { "nbf": { "value": "1726077595", "essential": true } } }"#;
+    let with_claims = access_token_of(
+        &token(
+            &server,
+            &[("grant_type", "client_credentials"), ("claims", spaced)],
+        )
+        .await,
+    );
+    let ok = get_api(
+        &server,
+        "/api/claims",
+        Some(&format!("Bearer {with_claims}")),
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let other = access_token_of(
+        &token(
+            &server,
+            &[("grant_type", "client_credentials"), ("claims", "{}")],
+        )
+        .await,
+    );
+    let refused = get_api(&server, "/api/claims", Some(&format!("Bearer {other}"))).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+
+    let stats = server.stats();
+    assert_eq!(stats.claims_challenges, 2);
+    assert_eq!(stats.claims_token_requests, 2);
+    assert_eq!(server.token_requests()[1].param("claims"), Some(spaced));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jwt_bearer_grant_takes_only_accepted_assertions() {
+    let jwt_bearer = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+    // Without an accepted assertion the grant is not supported, as before.
+    let plain = TestServer::start().await.unwrap();
+    let reply = token(&plain, &[("grant_type", jwt_bearer), ("assertion", "x")]).await;
+    assert_eq!(reply.json()["error"], "unsupported_grant_type");
+
+    let server = TestServer::start_with(
+        ServerConfig::default()
+            .client("workload", None)
+            .accept_assertion("assertion-one")
+            .accept_assertion("assertion-two")
+            .echo_rejected_assertions(true),
+    )
+    .await
+    .unwrap();
+    let grant = |assertion: &'static str| {
+        [
+            ("grant_type", jwt_bearer),
+            ("assertion", assertion),
+            ("client_id", "workload"),
+        ]
+    };
+    for assertion in ["assertion-one", "assertion-two"] {
+        let reply = token_as(&server, &grant(assertion)).await;
+        let access = access_token_of(&reply);
+        assert!(reply.json().get("refresh_token").is_none());
+        assert_eq!(bearer(&server, &access).await.json()["subject"], "workload");
+    }
+    let wrong = token_as(&server, &grant("WRONG-assertion")).await;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    assert_eq!(wrong.json()["error"], "invalid_grant");
+    assert!(
+        wrong.json()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("WRONG-assertion"),
+        "echoed when asked to"
+    );
+    let missing = token_as(
+        &server,
+        &[("grant_type", jwt_bearer), ("client_id", "workload")],
+    )
+    .await;
+    assert_eq!(missing.json()["error"], "invalid_request");
+
+    let stats = server.stats();
+    assert_eq!(stats.jwt_bearer_grants, 4);
+    assert_eq!(stats.token_successes, 2);
+    let seen = server.token_requests();
+    assert_eq!(seen[1].param("assertion"), Some("assertion-two"));
+    assert!(
+        !format!("{seen:?}").contains("assertion-two"),
+        "Debug hides it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_exchange_trades_an_accepted_subject_token() {
+    let exchange = "urn:ietf:params:oauth:grant-type:token-exchange";
+    let jwt_type = "urn:ietf:params:oauth:token-type:jwt";
+    let server = TestServer::start_with(ServerConfig::default().accept_subject_token("subject-1"))
+        .await
+        .unwrap();
+    let reply = token(
+        &server,
+        &[
+            ("grant_type", exchange),
+            ("subject_token", "subject-1"),
+            ("subject_token_type", jwt_type),
+            ("audience", "orders"),
+        ],
+    )
+    .await;
+    let access = access_token_of(&reply);
+    assert_eq!(
+        reply.json()["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    assert_eq!(bearer(&server, &access).await.json()["audience"], "orders");
+
+    let wrong = token(
+        &server,
+        &[
+            ("grant_type", exchange),
+            ("subject_token", "subject-2"),
+            ("subject_token_type", jwt_type),
+        ],
+    )
+    .await;
+    assert_eq!(wrong.json()["error"], "invalid_grant");
+    assert!(
+        !wrong.body.windows(9).any(|w| w == b"subject-2"),
+        "not echoed by default"
+    );
+    let no_type = token(
+        &server,
+        &[("grant_type", exchange), ("subject_token", "subject-1")],
+    )
+    .await;
+    assert_eq!(no_type.json()["error"], "invalid_request");
+    assert_eq!(server.stats().token_exchange_grants, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_assertion_authenticates_its_client_and_nothing_else_does() {
+    let assertion_type = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+    let server = TestServer::start_with(
+        ServerConfig::default().accept_client_assertion("federated", "workload-identity"),
+    )
+    .await
+    .unwrap();
+    let with = |assertion: &'static str, kind: &'static str, id: &'static str| {
+        [
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", kind),
+            ("client_assertion", assertion),
+            ("client_id", id),
+        ]
+    };
+    let ok = token_as(
+        &server,
+        &with("workload-identity", assertion_type, "federated"),
+    )
+    .await;
+    let access = access_token_of(&ok);
+    assert_eq!(
+        bearer(&server, &access).await.json()["subject"],
+        "federated"
+    );
+
+    for (pairs, why) in [
+        (
+            with("other", assertion_type, "federated"),
+            "wrong assertion",
+        ),
+        (
+            with("workload-identity", assertion_type, "test-client"),
+            "another client's id",
+        ),
+        (
+            with("workload-identity", "urn:other", "federated"),
+            "another type",
+        ),
+    ] {
+        let reply = token_as(&server, &pairs).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{why}");
+        assert_eq!(reply.json()["error"], "invalid_client", "{why}");
+    }
+    // With a secret besides: two methods at once.
+    let auth = basic("test-client", "test-secret");
+    let both = send(
+        Method::POST,
+        &server.token_url(),
+        &[FORM, ("authorization", &auth)],
+        form(&with("workload-identity", assertion_type, "federated")),
+    )
+    .await;
+    assert_eq!(both.json()["error"], "invalid_request");
+    // Secrets still work for the registered client.
+    let by_secret = token(&server, &[("grant_type", "client_credentials")]).await;
+    assert_eq!(by_secret.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_requests_are_recorded_with_faults_and_forgotten_on_reset() {
+    let server = TestServer::start().await.unwrap();
+    server.push_fault(Fault::status(StatusCode::SERVICE_UNAVAILABLE));
+    token(
+        &server,
+        &[("grant_type", "client_credentials"), ("scope", "a")],
+    )
+    .await;
+    send(Method::POST, &server.token_url(), &[], "not a form").await;
+    let seen = server.token_requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].param("scope"), Some("a"));
+    assert!(
+        seen[0]
+            .header("authorization")
+            .unwrap()
+            .starts_with("Basic ")
+    );
+    assert!(seen[1].params.is_empty());
+    let shown = format!("{:?}", seen[0]);
+    assert!(!shown.contains("Basic"), "{shown}");
+    server.reset_stats();
+    assert!(server.token_requests().is_empty());
+}
