@@ -66,3 +66,81 @@ fn error_type(error: &Error) -> &'static str {
         _ => "_OTHER",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::error::TransportError;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn spans(run: impl FnOnce()) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, run);
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn the_url_is_recorded_without_userinfo_or_query_values() {
+        let logs = spans(|| {
+            let request = http::Request::post(
+                "https://client:MARKER-PASSWORD@auth.example.com/oauth/token?key=MARKER-KEY",
+            )
+            .body(Bytes::new())
+            .unwrap();
+            let span = client_span(&request);
+            record_response(&span, &Err(Error::Transport(TransportError::timeout())));
+        });
+        for field in [
+            "url.full=https://[redacted]@auth.example.com/oauth/token?key=[redacted]",
+            "server.address=\"auth.example.com\"",
+            "server.port=443",
+            "http.request.method=\"POST\"",
+            "error.type=\"timeout\"",
+            "otel.status_code=\"ERROR\"",
+        ] {
+            assert!(logs.contains(field), "{field} in {logs}");
+        }
+        assert!(!logs.contains("MARKER"), "{logs}");
+    }
+
+    #[test]
+    fn an_answer_records_its_status_and_an_error_status_its_type() {
+        let logs = spans(|| {
+            let request = http::Request::post("http://127.0.0.1:8080/token")
+                .body(Bytes::new())
+                .unwrap();
+            let span = client_span(&request);
+            let answer = http::Response::builder()
+                .status(400)
+                .body(Bytes::new())
+                .unwrap();
+            record_response(&span, &Ok(answer));
+        });
+        assert!(logs.contains("server.port=8080"), "{logs}");
+        assert!(logs.contains("http.response.status_code=400"), "{logs}");
+        assert!(logs.contains("error.type=\"400\""), "{logs}");
+    }
+}
