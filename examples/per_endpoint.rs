@@ -3,7 +3,9 @@
 //! The customer token comes from a callback asked per request; a backend can mint it with
 //! `CustomerTokenSigner` (features `jwt-aws-lc-rs` / `jwt-rust-crypto`).
 //!
-//! Run it with `cargo run --example per_endpoint`.
+//! Run it with `cargo run -p client-auth-example-per-endpoint --example per_endpoint`: it has a
+//! package of its own (`examples/per_endpoint/Cargo.toml`), outside the default members, so that
+//! `cargo run --example quickstart` never compiles the JWT signer.
 
 use std::sync::Arc;
 
