@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use client_auth::adapter::{
-    Plan, ProviderRef, RetrySkipped, credential_accepted, plan_request, report_retry,
+    Plan, ProviderRef, RetrySkipped, credential_accepted, plan_request, rejected, report_retry,
     report_retry_skipped, report_unauthorized,
 };
 use client_auth::{
@@ -12,7 +12,7 @@ use client_auth::{
     Unauthorized,
 };
 use http::header::AUTHORIZATION;
-use http::{Extensions, StatusCode};
+use http::Extensions;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
@@ -205,9 +205,7 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
             credential.apply(req.headers_mut());
             let response = next.run(req, extensions).await?;
             let status = response.status();
-            if credential_accepted(status) {
-                provider.on_accepted(&credential);
-            } else if status == StatusCode::UNAUTHORIZED {
+            if rejected(provider, status) {
                 report_unauthorized(provider);
                 let skipped = if can_recover {
                     RetrySkipped::BodyNotCloneable
@@ -215,6 +213,8 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
                     RetrySkipped::CannotRecover
                 };
                 report_retry_skipped(provider, skipped, status);
+            } else if credential_accepted(status) {
+                provider.on_accepted(&credential);
             }
             return Ok(response);
         };
@@ -223,7 +223,7 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
         let retry_next = next.clone();
         let response = next.run(req, extensions).await?;
         let status = response.status();
-        if status != StatusCode::UNAUTHORIZED {
+        if !rejected(provider, status) {
             if credential_accepted(status) {
                 provider.on_accepted(&credential);
             }
@@ -254,11 +254,11 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
                 // new credential was accepted.
                 let response = retry_next.run(snapshot, extensions).await?;
                 let status = response.status();
-                if credential_accepted(status) {
-                    provider.on_accepted(&fresh);
-                } else if status == StatusCode::UNAUTHORIZED {
+                if rejected(provider, status) {
                     report_unauthorized(provider);
                     report_retry_skipped(provider, RetrySkipped::AlreadyRetried, status);
+                } else if credential_accepted(status) {
+                    provider.on_accepted(&fresh);
                 }
                 Ok(response)
             }

@@ -17,7 +17,7 @@ use client_auth::adapter::{RetrySkipped, report_retry, report_retry_skipped, rep
 use client_auth::{
     AuthorizationProvider, AuthorizeFuture, Credential, Unauthorized, UnauthorizedFuture,
 };
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
@@ -265,7 +265,7 @@ where
     S: Service<Request<B>, Response = Response<ResB>>,
 {
     let status = response.status();
-    if status != StatusCode::UNAUTHORIZED {
+    if !client_auth::adapter::rejected(&*stamp.provider, status) {
         // The server took the credential: the provider learns that this token works, without
         // a lock or a copy.
         if client_auth::adapter::credential_accepted(status) {

@@ -252,6 +252,25 @@ pub fn report_retry_skipped(
     }
 }
 
+/// Whether an answer with `status` rejects the credential, so the adapter asks the provider
+/// ([`AuthorizationProvider::on_unauthorized`]) instead of reporting acceptance: a 401 always,
+/// a 403 only from a provider that opted in ([`AuthorizationProvider::retry_forbidden`]).
+///
+/// ```
+/// use client_auth::StaticToken;
+/// use client_auth::adapter::rejected;
+/// use http::StatusCode;
+///
+/// let key = StaticToken::api_key("k")?;
+/// assert!(rejected(&key, StatusCode::UNAUTHORIZED));
+/// assert!(!rejected(&key, StatusCode::FORBIDDEN));
+/// # Ok::<(), client_auth::Error>(())
+/// ```
+pub fn rejected<P: AuthorizationProvider + ?Sized>(provider: &P, status: http::StatusCode) -> bool {
+    status == http::StatusCode::UNAUTHORIZED
+        || (status == http::StatusCode::FORBIDDEN && provider.retry_forbidden())
+}
+
 /// Decides what an adapter does with a request: pass it through untouched, or authorize it and
 /// with which provider.
 ///

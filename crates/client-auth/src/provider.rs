@@ -396,6 +396,14 @@ pub trait AuthorizationProvider: Send + Sync + 'static {
         let _ = credential;
     }
 
+    /// Whether a 403 is handled like a 401 (asked about with
+    /// [`on_unauthorized`](Self::on_unauthorized), retried once with a new credential) instead
+    /// of returned. Off by default: many servers answer 403 for a missing permission, which no
+    /// new token fixes, and each such refresh would spend a single-use refresh token.
+    fn retry_forbidden(&self) -> bool {
+        false
+    }
+
     /// The `provider` label of the metrics recorded for this provider (feature `metrics`, see
     /// [`crate::metrics`]): a short name you choose, never a secret or a URL. The OAuth
     /// provider returns the name given to
@@ -426,6 +434,9 @@ macro_rules! forward_provider {
             }
             fn on_accepted(&self, credential: &Credential) {
                 (**self).on_accepted(credential)
+            }
+            fn retry_forbidden(&self) -> bool {
+                (**self).retry_forbidden()
             }
             fn metrics_name(&self) -> &str {
                 (**self).metrics_name()

@@ -1178,6 +1178,11 @@ impl Engine {
         status: StatusCode,
         headers: &HeaderMap,
     ) -> UnauthorizedFuture {
+        // A 403 counts as a 401 only for a provider that opted in.
+        let status = match status {
+            StatusCode::FORBIDDEN if self.config.retry_forbidden => StatusCode::UNAUTHORIZED,
+            other => other,
+        };
         if !refresh_may_help(status, headers) {
             self.config.metrics.declined("not_refreshable");
             return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp));

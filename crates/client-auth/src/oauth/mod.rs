@@ -177,6 +177,8 @@ pub(crate) struct Config {
     pub(crate) extra_headers: http::HeaderMap,
     /// Maps a successful token answer's JSON to the standard shape.
     pub(crate) response_map: Option<ResponseMap>,
+    /// A 403 is handled like a 401 ([`OAuthProviderBuilder::retry_forbidden`]).
+    pub(crate) retry_forbidden: bool,
     /// The grant's assertion (JWT bearer) or subject token (token exchange).
     pub(crate) grant_source: Option<AssertionSource>,
     /// The `subject_token_type` of a token exchange.
@@ -629,6 +631,10 @@ impl AuthorizationProvider for OAuthProvider {
         self.engine.accepted(credential);
     }
 
+    fn retry_forbidden(&self) -> bool {
+        self.engine.config.retry_forbidden
+    }
+
     fn metrics_name(&self) -> &str {
         self.engine.config.metrics.name()
     }
@@ -658,6 +664,7 @@ pub struct OAuthProviderBuilder<T = DefaultTransport> {
     grant_source: Option<AssertionSource>,
     subject_token_type: String,
     client_assertion: Option<AssertionSource>,
+    retry_forbidden: bool,
     refresh_token: Option<RefreshToken>,
     access_token: Option<(AccessToken, Option<Duration>)>,
     store: Option<Arc<dyn TokenStore>>,
@@ -763,6 +770,7 @@ impl OAuthProviderBuilder {
             extra_headers: http::HeaderMap::new(),
             response_map: None,
             invalid_header: false,
+            retry_forbidden: false,
             grant_source: None,
             subject_token_type: JWT_TOKEN_TYPE.to_owned(),
             client_assertion: None,
@@ -820,6 +828,15 @@ impl<T> OAuthProviderBuilder<T> {
     /// An extra form parameter sent with every token request (`audience`, `resource`).
     pub fn extra_param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.extra_params.push((name.into(), value.into()));
+        self
+    }
+
+    /// Handles a 403 like a 401: one refresh and one retry (default: off). For APIs that answer
+    /// 403 to an expired or revoked token; most answer 403 for a missing permission, which no
+    /// new token fixes, and each such refresh would spend a single-use refresh token. A 403
+    /// with an `insufficient_scope` challenge is never retried.
+    pub fn retry_forbidden(mut self, retry: bool) -> Self {
+        self.retry_forbidden = retry;
         self
     }
 
@@ -948,6 +965,7 @@ impl<T> OAuthProviderBuilder<T> {
             extra_headers: self.extra_headers,
             response_map: self.response_map,
             invalid_header: self.invalid_header,
+            retry_forbidden: self.retry_forbidden,
             grant_source: self.grant_source,
             subject_token_type: self.subject_token_type,
             client_assertion: self.client_assertion,
@@ -1252,6 +1270,7 @@ impl<T> OAuthProviderBuilder<T> {
             extra_params: self.extra_params,
             extra_headers: self.extra_headers,
             response_map: self.response_map,
+            retry_forbidden: self.retry_forbidden,
             grant_source: self.grant_source,
             subject_token_type: self.subject_token_type,
             client_assertion: self.client_assertion,
@@ -1476,6 +1495,7 @@ mod tests {
             extra_params: vec![],
             extra_headers: http::HeaderMap::new(),
             response_map: None,
+            retry_forbidden: false,
             grant_source: None,
             subject_token_type: JWT_TOKEN_TYPE.to_owned(),
             client_assertion: None,

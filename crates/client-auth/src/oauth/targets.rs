@@ -126,6 +126,8 @@ struct Inner {
     make: Box<Make>,
     select: Option<Box<Select>>,
     max: usize,
+    /// The template's `retry_forbidden`.
+    retry_forbidden: bool,
     /// Most recently used last: (slot, target, provider).
     held: Mutex<Vec<(u64, TokenTarget, OAuthProvider)>>,
     next_slot: Mutex<u64>,
@@ -298,6 +300,10 @@ impl AuthorizationProvider for PerTargetProvider {
             provider.on_accepted(&inner);
         }
     }
+
+    fn retry_forbidden(&self) -> bool {
+        self.inner.retry_forbidden
+    }
 }
 
 impl<T: TransportChoice + Clone + Send + Sync + 'static> PerTargetProviderBuilder<T> {
@@ -334,6 +340,7 @@ impl<T: TransportChoice + Clone + Send + Sync + 'static> PerTargetProviderBuilde
             ));
         }
         drop(self.template.clone().build()?);
+        let retry_forbidden = self.template.retry_forbidden;
         let template = self.template;
         let make = move |target: &TokenTarget| {
             let mut builder = template.clone();
@@ -359,6 +366,7 @@ impl<T: TransportChoice + Clone + Send + Sync + 'static> PerTargetProviderBuilde
                 make: Box::new(make),
                 select: self.select,
                 max: self.max,
+                retry_forbidden,
                 held: Mutex::new(Vec::new()),
                 next_slot: Mutex::new(0),
             }),
