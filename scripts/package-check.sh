@@ -48,7 +48,9 @@ patches=()
 for line in "${crates[@]}"; do
     name=${line%% *}
     version=${line##* }
-    tar -xzf "$target_dir/package/$name-$version.crate" -C "$scratch/crates"
+    # --touch: a .crate carries fixed modification times, and cargo tells a path dependency's
+    # changes by them; without it, a second run would test the first run's builds.
+    tar -xzf "$target_dir/package/$name-$version.crate" -C "$scratch/crates" --touch
     members+=("    \"crates/$name-$version\",")
     patches+=("$name = { path = \"crates/$name-$version\" }")
 done
@@ -79,9 +81,9 @@ failed=()
 for line in "${crates[@]}"; do
     name=${line%% *}
     echo "=== $name: cargo test --all-features (packaged)"
-    cargo test -p "$name" --all-features || failed+=("cargo test -p $name --all-features")
+    cargo test -p "$name" --all-features --no-fail-fast || failed+=("cargo test -p $name --all-features")
     echo "=== $name: cargo test (packaged, default features)"
-    cargo test -p "$name" || failed+=("cargo test -p $name")
+    cargo test -p "$name" --no-fail-fast || failed+=("cargo test -p $name")
 done
 echo "=== docs as docs.rs builds them"
 RUSTC_BOOTSTRAP=1 RUSTDOCFLAGS="--cfg docsrs -D warnings" CARGO_TARGET_DIR="$scratch/target-docsrs" \
