@@ -42,8 +42,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use client_auth::{AuthorizationProvider, AuthorizeFuture, Error, OAuthProvider, RequestView, StaticToken, TokenTransport};
 use client_auth::adapter::BoxFuture;
+use client_auth::{
+    AuthorizationProvider, AuthorizeFuture, Error, OAuthProvider, RequestView, StaticToken,
+    TokenTransport,
+};
 use client_auth_reqwest::AuthorizationMiddleware;
 use client_auth_tower::AuthorizeLayer;
 use criterion::measurement::WallTime;

@@ -11,8 +11,8 @@ use client_auth::{
     AuthorizationProvider, AuthorizeFuture, Error, OriginPolicy, OriginPolicyBuilder, RequestView,
     Unauthorized,
 };
-use http::header::AUTHORIZATION;
 use http::Extensions;
+use http::header::AUTHORIZATION;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 

@@ -179,6 +179,7 @@ pub use session::{SessionReason, SessionState, SessionWatch};
 pub use static_token::StaticToken;
 pub use store::{MemoryStore, RefreshLease, StoredTokens, TokenStore};
 
-#[cfg(doctest)]
+// The README's example builds an OAuth provider on the reqwest transport.
+#[cfg(all(doctest, feature = "reqwest"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

@@ -41,6 +41,7 @@ struct Slot<T> {
 impl<T> Slot<T> {
     fn waiter(&self, max_age: Option<Duration>) -> Waiter<T> {
         Waiter {
+            id: self.id,
             rx: self.rx.clone(),
             deadline: max_age.and_then(|age| self.started.checked_add(age)),
         }
@@ -52,6 +53,15 @@ impl<T> fmt::Debug for SingleFlight<T> {
         f.debug_struct("SingleFlight")
             .field("running", &self.inner.running.load(Ordering::Relaxed))
             .finish()
+    }
+}
+
+impl<T> Clone for SingleFlight<T> {
+    /// The same flight: clones share the slot.
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
     }
 }
 
@@ -108,6 +118,13 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
             .as_ref()
             .filter(|s| !self.inner.stranded(s))
             .map(|s| s.waiter(max_age))
+    }
+
+    /// Frees the slot of `waiter`'s operation now, if it still holds it: for the caller that
+    /// started it and then failed before handing the operation its work, so that the next
+    /// caller starts afresh instead of joining an operation that can only abort.
+    pub(crate) fn abandon(&self, waiter: &Waiter<T>) {
+        self.inner.release(waiter.id);
     }
 
     /// Joins the operation in flight, or spawns `operation` on the current tokio runtime.
@@ -201,6 +218,8 @@ impl<T> Drop for Completion<T> {
 
 /// Waits for one operation's outcome.
 pub(crate) struct Waiter<T> {
+    /// The operation waited for.
+    id: u64,
     rx: watch::Receiver<Option<T>>,
     /// Past this, the operation counts as stranded and the wait ends.
     deadline: Option<Instant>,

@@ -260,7 +260,7 @@ impl Cache {
             let epoch = state.epoch;
             state.flight.join_or_start(|completion| {
                 let (tx, rx) = oneshot::channel();
-                hand_over = Some(tx);
+                hand_over = Some((tx, state.flight.clone()));
                 // A child of the request that starts the fetch.
                 let span = tracing::debug_span!("client_auth.customer_token_fetch");
                 run(Arc::clone(&self.shared), completion, epoch, rx).instrument(span)
@@ -269,8 +269,19 @@ impl Cache {
         // Outside the lock, so that no code of the source's runs under it. The new task gets
         // the future; a task its runtime dropped at once hands it back, and it is dropped
         // here, as it is when the request joined a fetch in flight.
-        let future = source();
-        if let Some(tx) = hand_over {
+        let future = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(source)) {
+            Ok(future) => future,
+            Err(panic) => {
+                // The source panicked before the new fetch got its work: free the slot now,
+                // so the next request starts a fetch instead of joining one that can only
+                // abort. The panic is the source's own; it goes on to this request.
+                if let Some((_, flight)) = &hand_over {
+                    flight.abandon(&waiter);
+                }
+                std::panic::resume_unwind(panic);
+            }
+        };
+        if let Some((tx, _)) = hand_over {
             let _ = tx.send(future);
         }
         Ok(Lookup::Fetching(Fetching(waiter)))
