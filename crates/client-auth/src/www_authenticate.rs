@@ -141,18 +141,30 @@ pub fn bearer_error(headers: &HeaderMap) -> Option<String> {
 
 /// The `error` parameter of the first `scheme` challenge (any case) that has one.
 pub(crate) fn scheme_error(headers: &HeaderMap, scheme: &str) -> Option<String> {
+    first_challenge(headers, |c| {
+        c.scheme
+            .eq_ignore_ascii_case(scheme)
+            .then(|| c.param("error"))
+            .flatten()
+    })
+}
+
+/// What `pick` finds in the first challenge, over every `WWW-Authenticate` value, where it
+/// finds something.
+fn first_challenge(
+    headers: &HeaderMap,
+    pick: impl for<'a> Fn(&Challenge<'a>) -> Option<&'a str>,
+) -> Option<String> {
     headers
         .get_all(WWW_AUTHENTICATE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| {
+        .find_map(|v| {
             parse_challenges(v)
-                .into_iter()
-                .filter(|c| c.scheme.eq_ignore_ascii_case(scheme))
-                .filter_map(|c| c.param("error").map(str::to_owned))
-                .collect::<Vec<_>>()
+                .iter()
+                .find_map(&pick)
+                .map(str::to_owned)
         })
-        .next()
 }
 
 /// The `claims` of a `Bearer error="insufficient_claims"` challenge (a claims challenge, as
@@ -162,21 +174,11 @@ pub(crate) fn scheme_error(headers: &HeaderMap, scheme: &str) -> Option<String> 
 pub(crate) fn claims_challenge(headers: &HeaderMap) -> Option<String> {
     use base64::Engine as _;
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-    let raw = headers
-        .get_all(WWW_AUTHENTICATE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| {
-            parse_challenges(v)
-                .into_iter()
-                .filter(|c| {
-                    c.scheme.eq_ignore_ascii_case("bearer")
-                        && c.param("error") == Some("insufficient_claims")
-                })
-                .filter_map(|c| c.param("claims").map(str::to_owned))
-                .collect::<Vec<_>>()
-        })
-        .next()?;
+    let raw = first_challenge(headers, |c| {
+        (c.scheme.eq_ignore_ascii_case("bearer") && c.param("error") == Some("insufficient_claims"))
+            .then(|| c.param("claims"))
+            .flatten()
+    })?;
     let json =
         |text: &str| serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v.is_object());
     if json(&raw) {
