@@ -118,7 +118,7 @@ async fn reqwest_get(policy: reqwest::redirect::Policy, api: &Host) {
 /// and reqwest removes `Authorization` but not `DPoP`: the proof (bound to the API's URL,
 /// carrying the API's nonce and the token's hash) reaches the other origin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reproduces: with client_auth_reqwest::redirect_policy, a DPoP proof follows the first cross-origin hop (reqwest strips Authorization only; OAuthProviderBuilder::dpop and the README's DPoP section do not point to same_origin_redirect_policy)"]
+#[ignore = "documented limit: with client_auth_reqwest::redirect_policy, a DPoP proof follows the first cross-origin hop (reqwest strips Authorization only); the docs of dpop() and the README send DPoP users to same_origin_redirect_policy"]
 async fn reqwest_with_the_recommended_redirect_policy_sends_no_dpop_proof_to_another_origin() {
     let (api, other) = api_redirecting_elsewhere().await;
 

@@ -37,7 +37,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use http::HeaderValue;
+use http::{Extensions, HeaderValue};
 
 use crate::auth_header::carries_no_credentials;
 use crate::origin::OriginPolicy;
@@ -177,7 +177,11 @@ impl RetrySkipped {
 /// `client_auth_unauthorized_total`. Every such 401 is then followed by exactly one
 /// [`report_retry`] or [`report_retry_skipped`]. Nothing is logged here.
 pub fn report_unauthorized(provider: &dyn AuthorizationProvider) {
-    crate::metrics::adapter_counter(crate::metrics::UNAUTHORIZED, provider.metrics_name(), None);
+    unauthorized(provider.metrics_name());
+}
+
+fn unauthorized(provider: &str) {
+    crate::metrics::adapter_counter(crate::metrics::UNAUTHORIZED, provider, None);
 }
 
 /// Reports that the adapter sends the request again with `fresh` after a 401 to `failed`:
@@ -210,9 +214,13 @@ pub fn report_retry_skipped(
     reason: RetrySkipped,
     status: http::StatusCode,
 ) {
+    retry_skipped(provider.metrics_name(), reason, status);
+}
+
+fn retry_skipped(provider: &str, reason: RetrySkipped, status: http::StatusCode) {
     crate::metrics::adapter_counter(
         crate::metrics::RETRIES_SKIPPED,
-        provider.metrics_name(),
+        provider,
         Some(reason.as_str()),
     );
     let status = status.as_u16();
@@ -252,6 +260,18 @@ pub fn report_retry_skipped(
     }
 }
 
+/// Reports a 401 (or an opted-in 403, `status`) to a request stamped for a provider that needs
+/// no answers ([`AuthorizationProvider::needs_answers`] is `false`, so the adapter kept nothing
+/// of it): [`report_unauthorized`] and [`report_retry_skipped`] with
+/// [`RetrySkipped::CannotRecover`], under the provider label `"default"`.
+pub fn report_unauthorized_unanswered(status: http::StatusCode) {
+    unauthorized(DEFAULT_NAME);
+    retry_skipped(DEFAULT_NAME, RetrySkipped::CannotRecover, status);
+}
+
+/// The `provider` label of a provider that keeps the default name.
+const DEFAULT_NAME: &str = "default";
+
 /// Whether an answer with `status` rejects the credential, so the adapter asks the provider
 /// ([`AuthorizationProvider::on_unauthorized`]) instead of reporting acceptance: a 401 always,
 /// a 403 only from a provider that opted in ([`AuthorizationProvider::retry_forbidden`]).
@@ -269,6 +289,100 @@ pub fn report_retry_skipped(
 pub fn rejected<P: AuthorizationProvider + ?Sized>(provider: &P, status: http::StatusCode) -> bool {
     status == http::StatusCode::UNAUTHORIZED
         || (status == http::StatusCode::FORBIDDEN && provider.retry_forbidden())
+}
+
+/// Where a request goes, as an adapter found it: with [`OriginPolicy::allows_uri`] or
+/// [`OriginPolicy::allows_url`], faster than the string comparison [`plan_request`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// A relative URI (no scheme): it has no origin.
+    Relative,
+    /// An origin the policy allows.
+    Allowed,
+    /// Any other origin.
+    Other,
+}
+
+/// Steps 1 to 3 and 5 of [`plan_request`], for an adapter that found the request's
+/// [`Destination`] itself: a per-request [`AuthorizationControl::Skip`], a relative URI (the
+/// first one logged at WARN) and an origin the policy does not allow pass through (`None`);
+/// otherwise the provider to ask, the per-request override or the adapter's. Step 4 (the
+/// caller's own `Authorization`) is [`keeps_caller_authorization`], asked before the provider.
+///
+/// ```
+/// use std::sync::Arc;
+/// use client_auth::adapter::{Destination, route};
+/// use client_auth::{AuthorizationControl, OriginPolicy, StaticToken};
+/// use http::{Extensions, Uri};
+///
+/// let provider = Arc::new(StaticToken::api_key("k")?);
+/// let origins = OriginPolicy::builder().allow_origin("https://api.example.com").build()?;
+/// let uri = Uri::from_static("https://api.example.com/v1");
+/// let to = if origins.allows_uri(&uri) { Destination::Allowed } else { Destination::Other };
+/// let mut ext = Extensions::new();
+/// assert!(route(&provider, &origins, &ext, to).is_some());
+/// assert!(route(&provider, &origins, &ext, Destination::Other).is_none());
+/// ext.insert(AuthorizationControl::Skip);
+/// assert!(route(&provider, &origins, &ext, to).is_none());
+/// # Ok::<(), client_auth::Error>(())
+/// ```
+#[inline]
+pub fn route<'a, P: AuthorizationProvider>(
+    provider: &'a Arc<P>,
+    origins: &OriginPolicy,
+    extensions: &'a Extensions,
+    destination: Destination,
+) -> Option<ProviderRef<'a, P>> {
+    let control = extensions.get::<AuthorizationControl>();
+    if matches!(control, Some(AuthorizationControl::Skip)) {
+        return None;
+    }
+    match destination {
+        Destination::Allowed => {}
+        Destination::Relative => {
+            origins.warn_relative_once();
+            return None;
+        }
+        Destination::Other => return None,
+    }
+    Some(match control {
+        Some(AuthorizationControl::Provider(p)) => ProviderRef::Override(p),
+        _ => ProviderRef::Default(provider),
+    })
+}
+
+/// Step 4 of [`plan_request`]: whether the caller's own `Authorization` (`caller`, the first
+/// value) is sent as is, and its 401 returned unchanged. A value that carries no credentials
+/// counts as absent and is replaced: empty, only whitespace, or a scheme alone (`Bearer`,
+/// `Bearer ` — what a client configured with an empty key sends). When it is kept, a DEBUG
+/// event names the request's `authority` (only then asked for).
+///
+/// ```
+/// use client_auth::adapter::keeps_caller_authorization;
+/// use http::HeaderValue;
+///
+/// let authority = || "api.example.com";
+/// assert!(!keeps_caller_authorization(None, authority));
+/// assert!(keeps_caller_authorization(Some(&HeaderValue::from_static("Bearer mine")), authority));
+/// assert!(!keeps_caller_authorization(Some(&HeaderValue::from_static("Bearer ")), authority));
+/// ```
+#[inline]
+pub fn keeps_caller_authorization<'s>(
+    caller: Option<&HeaderValue>,
+    authority: impl FnOnce() -> &'s str,
+) -> bool {
+    let Some(value) = caller else {
+        return false;
+    };
+    if carries_no_credentials(value) {
+        return false;
+    }
+    tracing::debug!(
+        authority = authority(),
+        "the caller set Authorization on a request to an allowed origin: it is sent as is, \
+         and a 401 to it is returned unchanged"
+    );
+    true
 }
 
 /// Decides what an adapter does with a request: pass it through untouched, or authorize it and
@@ -290,28 +404,19 @@ pub fn plan_request<'a, P: AuthorizationProvider>(
     request: &RequestView<'a>,
     caller_authorization: Option<&HeaderValue>,
 ) -> Plan<'a, P> {
-    let control = request.extensions().get::<AuthorizationControl>();
-    if matches!(control, Some(AuthorizationControl::Skip)) {
-        return Plan::PassThrough;
-    }
-    if request.scheme().is_empty() {
-        origins.warn_relative_once();
-        return Plan::PassThrough;
-    }
-    if !origins.allows(request.scheme(), request.authority()) {
-        return Plan::PassThrough;
-    }
-    if caller_authorization.is_some_and(|value| !carries_no_credentials(value)) {
-        tracing::debug!(
-            authority = request.authority(),
-            "the caller set Authorization on a request to an allowed origin: it is sent as is, \
-             and a 401 to it is returned unchanged"
-        );
-        return Plan::PassThrough;
-    }
-    match control {
-        Some(AuthorizationControl::Provider(p)) => Plan::Authorize(ProviderRef::Override(p)),
-        _ => Plan::Authorize(ProviderRef::Default(provider)),
+    let destination = if request.scheme().is_empty() {
+        Destination::Relative
+    } else if origins.allows(request.scheme(), request.authority()) {
+        Destination::Allowed
+    } else {
+        Destination::Other
+    };
+    match route(provider, origins, request.extensions(), destination) {
+        Some(_) if keeps_caller_authorization(caller_authorization, || request.authority()) => {
+            Plan::PassThrough
+        }
+        Some(provider) => Plan::Authorize(provider),
+        None => Plan::PassThrough,
     }
 }
 

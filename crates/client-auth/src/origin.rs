@@ -19,6 +19,11 @@ struct Origin {
     host_port: String,
     /// Whether `port` is the scheme's default, so that a bare `host` matches too.
     default_port: bool,
+    /// The authority as a normalised URL writes it: `host` on the default port, else
+    /// `host:port` (the fast paths of `allows_uri` and `allows_url`).
+    written: String,
+    /// `scheme://written`: the start of a normalised URL to this origin.
+    prefix: String,
 }
 
 impl Origin {
@@ -142,6 +147,84 @@ impl OriginPolicy {
             .any(|o| o.https == https && o.port == port && o.host.eq_ignore_ascii_case(host))
     }
 
+    /// [`allows`](Self::allows) for a request URI. A URI naming an allowed origin as a
+    /// normalised URL writes it (scheme `http`/`https`, lower-case host, no default port) is
+    /// recognised by one comparison of its authority, without parsing it; any other goes through
+    /// `allows`. A relative URI (no scheme) is not allowed.
+    ///
+    /// ```
+    /// use client_auth::OriginPolicy;
+    /// use http::Uri;
+    ///
+    /// let policy = OriginPolicy::builder().allow_origin("https://api.example.com").build()?;
+    /// assert!(policy.allows_uri(&Uri::from_static("https://api.example.com/v1?page=2")));
+    /// assert!(policy.allows_uri(&Uri::from_static("https://API.example.com:443/v1")));
+    /// assert!(!policy.allows_uri(&Uri::from_static("http://api.example.com/v1")));
+    /// assert!(!policy.allows_uri(&Uri::from_static("/v1")));
+    /// # Ok::<(), client_auth::Error>(())
+    /// ```
+    #[inline]
+    pub fn allows_uri(&self, uri: &Uri) -> bool {
+        let Some(scheme) = uri.scheme() else {
+            return false;
+        };
+        let authority = uri.authority().map_or("", Authority::as_str);
+        let https = if *scheme == Scheme::HTTPS {
+            true
+        } else if *scheme == Scheme::HTTP {
+            false
+        } else {
+            return false;
+        };
+        if self
+            .origins
+            .iter()
+            .any(|o| o.https == https && same_bytes(o.written.as_bytes(), authority.as_bytes()))
+        {
+            return true;
+        }
+        self.allows(scheme.as_str(), authority)
+    }
+
+    /// [`allows`](Self::allows) for a serialized absolute URL (`scheme://authority/path?query`,
+    /// what `url::Url::as_str` returns). A URL starting with an allowed origin as a normalised
+    /// URL writes it (`https://api.example.com` followed by `/`, `?`, `#` or the end) is
+    /// recognised by one comparison of that prefix; any other has its scheme and authority cut
+    /// out and goes through `allows`.
+    ///
+    /// ```
+    /// use client_auth::OriginPolicy;
+    ///
+    /// let policy = OriginPolicy::builder().allow_origin("https://api.example.com").build()?;
+    /// assert!(policy.allows_url("https://api.example.com/v1?page=2"));
+    /// assert!(policy.allows_url("https://api.example.com:443/v1"));
+    /// assert!(!policy.allows_url("https://api.example.com.evil.example/v1"));
+    /// assert!(!policy.allows_url("https://user@api.example.com/v1"));
+    /// assert!(!policy.allows_url("/v1"));
+    /// # Ok::<(), client_auth::Error>(())
+    /// ```
+    #[inline]
+    pub fn allows_url(&self, url: &str) -> bool {
+        let fast = self.origins.iter().any(|o| {
+            url.len() >= o.prefix.len()
+                && same_bytes(o.prefix.as_bytes(), &url.as_bytes()[..o.prefix.len()])
+                && matches!(
+                    url.as_bytes().get(o.prefix.len()),
+                    None | Some(b'/' | b'?' | b'#')
+                )
+        });
+        fast || self.allows_url_parsed(url)
+    }
+
+    /// The slow path of `allows_url`: the scheme and authority cut out of the string.
+    fn allows_url_parsed(&self, url: &str) -> bool {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return false;
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        self.allows(scheme, &rest[..end])
+    }
+
     /// Makes a relative `uri` (no scheme, no authority: `/v1/items?page=2`) absolute on the
     /// origin named with [`OriginPolicyBuilder::resolve_relative_to`], keeping its path and
     /// query. Returns whether it did: not without that origin, nor for a URI that has a scheme
@@ -193,6 +276,12 @@ impl OriginPolicy {
             _ => false,
         }
     }
+}
+
+/// `a == b`, lengths first.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a == b
 }
 
 /// `host[:port]` with the scheme's default port; `None` for userinfo or a bad port.
@@ -306,10 +395,19 @@ impl OriginPolicyBuilder {
                 }
             };
             let host = host.to_ascii_lowercase();
+            let default_port = port == if https { 443 } else { 80 };
+            let written = if default_port {
+                host.clone()
+            } else {
+                format!("{host}:{port}")
+            };
+            let scheme = if https { "https" } else { "http" };
             origins.push(Origin {
                 https,
                 host_port: format!("{host}:{port}"),
-                default_port: port == if https { 443 } else { 80 },
+                default_port,
+                prefix: format!("{scheme}://{written}"),
+                written,
                 host,
                 port,
             });
@@ -367,6 +465,54 @@ mod tests {
         assert!(p.allows("https", "[::1]:9443"));
         assert!(!p.allows("https", "user@api.example.com"));
         assert!(!p.allows("ftp", "api.example.com"));
+    }
+
+    #[test]
+    fn the_fast_checks_agree_with_allows() {
+        let p = OriginPolicy::builder()
+            .allow_origin("https://api.example.com")
+            .allow_origin("http://127.0.0.1:8080")
+            .allow_origin("https://[::1]:9443")
+            .allow_http(true)
+            .build()
+            .unwrap();
+        for (url, allowed) in [
+            ("https://api.example.com/v1?x=1", true),
+            ("https://api.example.com", true),
+            ("https://api.example.com?x", true),
+            ("https://api.example.com#f", true),
+            ("https://API.Example.com/v1", true),
+            ("https://api.example.com:443/v1", true),
+            ("HTTPS://api.example.com/v1", true),
+            ("https://api.example.com:8443/v1", false),
+            ("https://api.example.com.evil.example/v1", false),
+            ("https://api.example.comx/v1", false),
+            ("https://user@api.example.com/v1", false),
+            ("https://user:pw@api.example.com/v1", false),
+            ("http://api.example.com/v1", false),
+            ("ftp://api.example.com/v1", false),
+            ("http://127.0.0.1:8080/x", true),
+            ("http://127.0.0.1/x", false),
+            ("https://127.0.0.1:8080/x", false),
+            ("https://[::1]:9443/x", true),
+            ("https://[::1]/x", false),
+            ("/v1", false),
+            ("", false),
+        ] {
+            assert_eq!(p.allows_url(url), allowed, "allows_url({url:?})");
+            if let Ok(uri) = url.parse::<Uri>() {
+                assert_eq!(p.allows_uri(&uri), allowed, "allows_uri({url:?})");
+                if let Some(scheme) = uri.scheme_str() {
+                    let authority = uri.authority().map_or("", |a| a.as_str());
+                    assert_eq!(p.allows(scheme, authority), allowed, "allows({url:?})");
+                }
+            }
+        }
+        let any = OriginPolicy::builder().any_https_origin().build().unwrap();
+        assert!(any.allows_url("https://whatever.example/x"));
+        assert!(any.allows_uri(&Uri::from_static("https://whatever.example/x")));
+        assert!(!any.allows_url("http://whatever.example/x"));
+        assert!(!any.allows_uri(&Uri::from_static("http://whatever.example/x")));
     }
 
     #[test]

@@ -142,6 +142,8 @@ pub struct Credential {
 struct Extra {
     headers: HeaderMap,
     binding: Option<Binding>,
+    /// Which child of a provider of providers issued it (tokens per target).
+    owner: Option<u64>,
 }
 
 /// A DPoP-bound credential: the `ath` of its token and, once bound to a request, that
@@ -174,7 +176,12 @@ impl Credential {
             value.set_sensitive(true);
         }
         let binding = self.binding().cloned();
-        self.extra = Some(Arc::new(Extra { headers, binding }));
+        let owner = self.owner();
+        self.extra = Some(Arc::new(Extra {
+            headers,
+            binding,
+            owner,
+        }));
         self
     }
 
@@ -184,18 +191,33 @@ impl Credential {
         allow(dead_code, reason = "DPoP needs a JOSE backend")
     )]
     pub(crate) fn bound(mut self, binding: Binding) -> Self {
+        let owner = self.owner();
         self.extra = Some(Arc::new(Extra {
             headers: HeaderMap::new(),
             binding: Some(binding),
+            owner,
         }));
         self
     }
 
-    /// This credential under another generation (a provider of providers numbers its
-    /// children's tokens apart).
-    pub(crate) fn with_generation(mut self, generation: Generation) -> Self {
-        self.generation = generation;
+    /// This credential marked as issued by child `owner` of a provider of providers, which
+    /// hands a 401 to that child only.
+    pub(crate) fn owned_by(mut self, owner: u64) -> Self {
+        let (headers, binding) = match self.extra.take() {
+            Some(extra) => (extra.headers.clone(), extra.binding.clone()),
+            None => (HeaderMap::new(), None),
+        };
+        self.extra = Some(Arc::new(Extra {
+            headers,
+            binding,
+            owner: Some(owner),
+        }));
         self
+    }
+
+    /// The child that issued this credential ([`owned_by`](Self::owned_by)), if any.
+    pub(crate) fn owner(&self) -> Option<u64> {
+        self.extra.as_ref().and_then(|e| e.owner)
     }
 
     /// The DPoP binding, if this is a DPoP-bound credential.
@@ -204,16 +226,19 @@ impl Credential {
     }
 
     /// The `Authorization` value.
+    #[inline]
     pub fn header_value(&self) -> &HeaderValue {
         &self.value
     }
 
     /// Which token this credential came from.
+    #[inline]
     pub fn generation(&self) -> Generation {
         self.generation
     }
 
     /// Extra headers, if any.
+    #[inline]
     pub fn extra_headers(&self) -> Option<&HeaderMap> {
         self.extra
             .as_deref()
@@ -222,13 +247,30 @@ impl Credential {
     }
 
     /// Writes `Authorization` and the extra headers into `headers`, replacing earlier values.
+    #[inline]
     pub fn apply(&self, headers: &mut HeaderMap) {
         headers.insert(AUTHORIZATION, self.value.clone());
+        self.apply_extra(headers);
+    }
+
+    /// Writes only the extra headers into `headers`, replacing earlier values: for an adapter
+    /// that writes `Authorization` itself (through a [`HeaderMap::entry`] it already looked up).
+    #[inline]
+    pub fn apply_extra(&self, headers: &mut HeaderMap) {
         if let Some(extra) = &self.extra {
             for (name, value) in extra.headers.iter() {
                 headers.insert(name.clone(), value.clone());
             }
         }
+    }
+
+    /// The `Authorization` value, without a copy (marked sensitive, as always). The extra
+    /// headers are dropped with the rest: take this only from a credential without any
+    /// ([`extra_headers`](Self::extra_headers) is `None`), or write them first with
+    /// [`apply_extra`](Self::apply_extra).
+    #[inline]
+    pub fn into_header_value(self) -> HeaderValue {
+        self.value
     }
 }
 
@@ -278,6 +320,7 @@ pub type UnauthorizedFuture = ProviderFuture<Unauthorized>;
 
 impl<T> ProviderFuture<T> {
     /// An answer at hand.
+    #[inline]
     pub fn ready(result: Result<T, Error>) -> Self {
         ProviderFuture::Ready(Some(result))
     }
@@ -288,6 +331,7 @@ impl<T> ProviderFuture<T> {
     }
 
     /// Takes the answer if it is at hand, without polling.
+    #[inline]
     pub fn take_ready(&mut self) -> Option<Result<T, Error>> {
         match self {
             ProviderFuture::Ready(result) => result.take(),
@@ -404,6 +448,23 @@ pub trait AuthorizationProvider: Send + Sync + 'static {
         false
     }
 
+    /// Whether adapters keep this provider and the credential once a request is stamped: to
+    /// tell the provider how the server answered ([`on_accepted`](Self::on_accepted)), to ask it
+    /// about a 401 ([`on_unauthorized`](Self::on_unauthorized)) and to label the 401 in the
+    /// metrics ([`metrics_name`](Self::metrics_name)). Defaults to `true`.
+    ///
+    /// A provider may answer `false` only when it needs none of that: it never recovers
+    /// ([`can_recover`](Self::can_recover) is `false`), its `on_accepted` does nothing, and its
+    /// metrics name is the default. Adapters then keep nothing of it after stamping (no
+    /// reference count of a provider shared by every request is touched, and the credential's
+    /// value moves into the request instead of being copied) and report a 401 to such a
+    /// request under the provider label `"default"`. A provider that answers `false` but can
+    /// recover is treated as answering `true`. [`StaticToken`](crate::StaticToken) answers
+    /// `false`.
+    fn needs_answers(&self) -> bool {
+        true
+    }
+
     /// The `provider` label of the metrics recorded for this provider (feature `metrics`, see
     /// [`crate::metrics`]): a short name you choose, never a secret or a URL. The OAuth
     /// provider returns the name given to
@@ -437,6 +498,9 @@ macro_rules! forward_provider {
             }
             fn retry_forbidden(&self) -> bool {
                 (**self).retry_forbidden()
+            }
+            fn needs_answers(&self) -> bool {
+                (**self).needs_answers()
             }
             fn metrics_name(&self) -> &str {
                 (**self).metrics_name()

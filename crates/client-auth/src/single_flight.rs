@@ -18,6 +18,22 @@ use tokio::sync::watch;
 
 use crate::error::Error;
 
+/// `future`'s output, or `None` if polling it panicked: for futures that run code of the
+/// caller's (a token answer map, an assertion source, a transport), so that a panic there is
+/// a failed operation like any other (backoff included) instead of an unwound task.
+pub(crate) async fn caught<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx)))
+        {
+            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Some(output)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(None),
+        }
+    })
+    .await
+}
+
 /// At most one operation in flight; its outcome shared by every waiter.
 pub(crate) struct SingleFlight<T> {
     inner: Arc<Inner<T>>,

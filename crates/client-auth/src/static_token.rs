@@ -180,11 +180,19 @@ impl fmt::Debug for StaticToken {
 }
 
 impl AuthorizationProvider for StaticToken {
+    #[inline]
     fn authorize(&self, _request: &RequestView<'_>) -> AuthorizeFuture {
         AuthorizeFuture::ready(Ok(self.credential.clone()))
     }
 
+    #[inline]
     fn can_recover(&self) -> bool {
+        false
+    }
+
+    /// Nothing to learn from an answer: adapters keep neither the provider nor the credential.
+    #[inline]
+    fn needs_answers(&self) -> bool {
         false
     }
 }
@@ -242,6 +250,7 @@ mod tests {
     fn static_token_never_recovers_and_debug_hides_the_key() {
         let p = StaticToken::api_key("MARKER-KEY-123").unwrap();
         assert!(!p.can_recover());
+        assert!(!p.needs_answers());
         assert!(!format!("{p:?}").contains("MARKER"));
         assert!(!format!("{:?}", authorize(&p)).contains("MARKER"));
     }

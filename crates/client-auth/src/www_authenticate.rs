@@ -175,9 +175,12 @@ pub(crate) fn claims_challenge(headers: &HeaderMap) -> Option<String> {
     use base64::Engine as _;
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
     let raw = first_challenge(headers, |c| {
-        (c.scheme.eq_ignore_ascii_case("bearer") && c.param("error") == Some("insufficient_claims"))
-            .then(|| c.param("claims"))
-            .flatten()
+        // RFC 9449 §7.1: a DPoP-bound token's challenges use the DPoP scheme, with the same
+        // error codes.
+        ((c.scheme.eq_ignore_ascii_case("bearer") || c.scheme.eq_ignore_ascii_case("dpop"))
+            && c.param("error") == Some("insufficient_claims"))
+        .then(|| c.param("claims"))
+        .flatten()
     })?;
     let json =
         |text: &str| serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v.is_object());

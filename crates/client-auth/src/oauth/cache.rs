@@ -46,6 +46,8 @@ pub(crate) struct Cached {
     /// From here on, treat as expired (hard window).
     stale_at: Option<Instant>,
     scope: Option<String>,
+    /// The claims its token request carried (a claims challenge's), if any.
+    claims: Option<String>,
     /// Set the first time a response other than 401 came back for this token.
     accepted: AtomicBool,
 }
@@ -133,6 +135,10 @@ pub(crate) struct Engine {
     cooldown_step: AtomicU32,
     /// A claims challenge's `claims`, sent with the next token request only.
     claims: Mutex<Option<String>>,
+    /// The claims the last token request that carried any asked for: a challenge repeating
+    /// them is an ordinary 401 (cooldown included), since asking again would not change the
+    /// answer.
+    claims_asked: Mutex<Option<String>>,
     /// While backing off, no refresh-ahead before this point (nanoseconds after `base`), so the
     /// hot path in the soft window stays lock-free.
     ahead_not_before: AtomicU64,
@@ -230,6 +236,7 @@ impl Engine {
             replaced: tokio::sync::watch::Sender::new(0),
             cooldown_step: AtomicU32::new(0),
             claims: Mutex::new(None),
+            claims_asked: Mutex::new(None),
             ahead_not_before: AtomicU64::new(0),
             base,
             session: SessionWatch::new(if handed_in {
@@ -316,6 +323,7 @@ impl Engine {
             refresh_at,
             stale_at,
             scope,
+            claims: None,
             accepted: AtomicBool::new(false),
         }))
     }
@@ -665,7 +673,17 @@ impl Engine {
             // Without a refresh token, a refresh-token exchange asks nothing.
             let asks = self.config.grant != GrantKind::RefreshToken || refresh_token.is_some();
             let timer = self.config.metrics.token_request();
-            let exchanged = self.exchange(refresh_token.clone()).await;
+            // Code of the caller's runs in the exchange (the transport, a token answer map, an
+            // assertion source): a panic there fails this refresh like any error, with backoff.
+            let exchanged = crate::single_flight::caught(self.exchange(refresh_token.clone()))
+                .await
+                .unwrap_or_else(|| {
+                    tracing::warn!("the token request panicked (a transport, a token answer map or an assertion source); handled as a failed refresh");
+                    Err(Error::Callback(crate::error::SharedError::new(
+                        "the token request panicked",
+                    ))
+                    .into())
+                });
             if asks {
                 let result = exchanged.as_ref().map(|_| ()).map_err(|f| &f.error);
                 self.config.metrics.token_request_done(timer, result);
@@ -836,6 +854,15 @@ impl Engine {
         if known.is_some_and(|k| k.token == *token) {
             return None;
         }
+        // A claims challenge waits for a token asked for with its claims, not a stored one.
+        if self
+            .claims
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
+            return None;
+        }
         // A DPoP-bound token is usable only with the key it is bound to.
         if stored.dpop_jkt.is_some() && stored.dpop_jkt.as_deref() != self.dpop_jkt() {
             tracing::debug!("the stored access token is bound to another DPoP key; refreshing");
@@ -932,12 +959,15 @@ impl Engine {
             })
         });
         let dpop_jkt = self.dpop_jkt().filter(|_| parsed.dpop).map(str::to_owned);
-        let cached = self
+        let mut cached = self
             .make_cached(parsed.access_token, expiry, parsed.scope, parsed.dpop)
             .map_err(|error| Failed {
                 error,
                 rotated: if rotated { refresh_token.clone() } else { None },
             })?;
+        if let Some(fresh) = Arc::get_mut(&mut cached) {
+            fresh.claims = inputs.claims.clone();
+        }
         let stored = StoredTokens {
             access_token: Some(cached.token.clone()),
             refresh_token: refresh_token.clone(),
@@ -962,25 +992,34 @@ impl Engine {
         &self,
         refresh_token: Option<&RefreshToken>,
     ) -> Result<(http::response::Parts, bytes::Bytes, Inputs), Error> {
-        let mut inputs = self.config.inputs(true).await?;
-        inputs.claims = self
+        // Claims go with this token request only, whatever becomes of it.
+        let claims = self
             .claims
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let mut nonce_retry = true;
+        if claims.is_some() {
+            *self
+                .claims_asked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = claims.clone();
+        }
+        let mut inputs = self.config.inputs(true).await?;
+        inputs.claims = claims;
+        // `None` before the first send; the nonce of a `use_dpop_nonce` answer after it.
+        let mut nonce: Option<String> = None;
         loop {
             let mut request = self.config.token_request(refresh_token, &inputs)?;
-            self.prove_token_request(&mut request)?;
+            self.prove_token_request(&mut request, nonce.as_deref())?;
             let (parts, body) = self
                 .send(request, refresh_token)
                 .await
                 .map_err(|e| e.redacted(&inputs.secrets()))?
                 .into_parts();
-            if !self.token_nonce(&parts, &body) || !nonce_retry {
-                return Ok((parts, body, inputs));
+            match self.token_nonce(&parts, &body) {
+                Some(asked) if nonce.is_none() => nonce = Some(asked),
+                _ => return Ok((parts, body, inputs)),
             }
-            nonce_retry = false;
             tracing::debug!("the token endpoint asked for a DPoP nonce; asking once more with it");
         }
     }
@@ -1010,11 +1049,19 @@ impl Engine {
         let secret = self.config.client_secret.as_ref();
         // The Basic credential the request carried, should the server echo the header.
         let basic = secret.map(|s| self.config.basic_credential(s));
-        error.redacted(&[
+        let error = error.redacted(&[
             refresh_token.map_or("", RefreshToken::expose_secret),
             secret.map_or("", |s| s.expose_secret()),
             basic.as_deref().map_or("", String::as_str),
-        ])
+        ]);
+        // A gateway key in a token request header is a secret too.
+        let headers: Vec<&str> = self
+            .config
+            .extra_headers
+            .values()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        error.redacted(&headers)
     }
 
     /// A store call, bounded by the store timeout.
@@ -1187,9 +1234,6 @@ impl Engine {
             self.config.metrics.declined("not_refreshable");
             return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp));
         }
-        // A claims challenge asks for a token with more claims: one token request carries
-        // them, whatever the cooldown, since a token without them can never pass.
-        let claims = claims_challenge(headers);
         let now = self.clock.now();
         let failed_generation = failed.generation();
         let mut st = self.lock();
@@ -1197,9 +1241,28 @@ impl Engine {
             return UnauthorizedFuture::ready(Err(e.clone()));
         }
         let current = self.current.load_full();
+        // A claims challenge asks for a token with more claims: the next token request carries
+        // them. Claims not asked for yet skip the cooldown, since a token without them can
+        // never pass; claims asked for already make an ordinary 401, cooldown included, since
+        // asking again would not change the answer.
+        let claims = claims_challenge(headers);
+        let new_claims = claims.as_ref().is_some_and(|claims| {
+            self.claims_asked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_deref()
+                != Some(claims.as_str())
+        });
+        if let Some(claims) = &claims {
+            tracing::debug!("401 with a claims challenge: the next token request asks for them");
+            *self.claims.lock().unwrap_or_else(PoisonError::into_inner) = Some(claims.clone());
+        }
         if let Some(cached) = &current
             && cached.credential.generation() != failed_generation
             && cached.freshness(now) != Freshness::Stale
+            && claims
+                .as_deref()
+                .is_none_or(|wanted| cached.claims.as_deref() == Some(wanted))
         {
             tracing::debug!("401 for an older token; retrying with the current one");
             return UnauthorizedFuture::ready(Ok(Unauthorized::Retry(cached.credential.clone())));
@@ -1216,7 +1279,7 @@ impl Engine {
                     .as_ref()
                     .filter(|c| c.credential.generation() == failed_generation);
                 match failed_current {
-                    Some(cached) if cached.accepted.load(Ordering::Relaxed) || claims.is_some() => {
+                    Some(cached) if cached.accepted.load(Ordering::Relaxed) || new_claims => {
                         self.cooldown_step.store(0, Ordering::Relaxed);
                         st.cooldown_until = None;
                     }
@@ -1240,10 +1303,6 @@ impl Engine {
                     }
                     None => {}
                 }
-                if let Some(claims) = claims {
-                    tracing::debug!("401 with a claims challenge: the refresh asks for the claims");
-                    *self.claims.lock().unwrap_or_else(PoisonError::into_inner) = Some(claims);
-                }
                 let replacing = failed_current.cloned();
                 let waiter = match self.start(&mut st, current.clone()) {
                     Ok(waiter) => waiter,
@@ -1261,10 +1320,31 @@ impl Engine {
         };
         drop(st);
         let (metrics, timer) = self.wait_timer();
+        let engine = Arc::clone(self);
         UnauthorizedFuture::pending(async move {
-            let outcome = waiter.wait().await;
+            let mut outcome = waiter.wait().await;
             metrics.refresh_wait_done(timer);
+            // A claims challenge that met a refresh already under way: that refresh asked
+            // without the claims, so one more, which takes them, answers it.
+            if let Some(wanted) = &claims
+                && let Ok(Ok(got)) = &outcome
+                && got.claims.as_deref() != Some(wanted.as_str())
+            {
+                outcome = match engine.get(true, Arc::clone) {
+                    Ok(Join::Current(cached)) => Ok(Ok(cached)),
+                    Ok(Join::Wait(waiter)) => waiter.wait().await,
+                    Err(e) => Ok(Err(e)),
+                };
+            }
             match outcome.and_then(|outcome| outcome) {
+                Ok(c)
+                    if claims
+                        .as_deref()
+                        .is_some_and(|wanted| c.claims.as_deref() != Some(wanted)) =>
+                {
+                    metrics.declined("no_new_token");
+                    Ok(Unauthorized::GiveUp)
+                }
                 Ok(c) if c.credential.generation() != failed_generation => {
                     Ok(Unauthorized::Retry(c.credential.clone()))
                 }
@@ -1476,8 +1556,12 @@ impl Engine {
         }))
     }
 
-    /// Adds a proof for the token endpoint to `request`.
-    fn prove_token_request(&self, request: &mut http::Request<bytes::Bytes>) -> Result<(), Error> {
+    /// Adds a proof for the token endpoint to `request`, with `nonce` or the remembered one.
+    fn prove_token_request(
+        &self,
+        request: &mut http::Request<bytes::Bytes>,
+        nonce: Option<&str>,
+    ) -> Result<(), Error> {
         let Some(dpop) = &self.config.dpop else {
             return Ok(());
         };
@@ -1487,19 +1571,18 @@ impl Engine {
             url.authority().map_or("", |a| a.as_str()),
             url.path(),
         );
-        let proof = dpop.proof_for(&http::Method::POST, &htu, None, SystemTime::now())?;
+        let proof = dpop.proof_for(&http::Method::POST, &htu, None, nonce, SystemTime::now())?;
         request.headers_mut().insert(&super::dpop::DPOP, proof);
         Ok(())
     }
 
-    /// Remembers the token endpoint's nonce; whether the answer asks for a retry with it.
-    fn token_nonce(&self, parts: &http::response::Parts, body: &bytes::Bytes) -> bool {
-        let Some(dpop) = &self.config.dpop else {
-            return false;
-        };
+    /// Remembers the token endpoint's nonce; the nonce to retry with when the answer asks
+    /// for one.
+    fn token_nonce(&self, parts: &http::response::Parts, body: &bytes::Bytes) -> Option<String> {
+        let dpop = self.config.dpop.as_ref()?;
         let url = self.config.token_url.to_string();
-        let fresh = dpop.remember_nonce(super::dpop::origin_of(&url), &parts.headers);
-        fresh && super::response::is_use_dpop_nonce(parts.status, body)
+        let fresh = dpop.remember_nonce(super::dpop::origin_of(&url), &parts.headers)?;
+        super::response::is_use_dpop_nonce(parts.status, body).then_some(fresh)
     }
 
     /// `credential` (a DPoP-bound token's template, or a Bearer token's credential) for this
@@ -1509,12 +1592,13 @@ impl Engine {
         credential: Credential,
         method: http::Method,
         htu: Arc<str>,
+        nonce: Option<&str>,
     ) -> Result<Credential, Error> {
         let (Some(dpop), Some(binding)) = (&self.config.dpop, credential.binding()) else {
             return Ok(credential);
         };
         let ath = Arc::clone(&binding.ath);
-        let proof = dpop.proof_for(&method, &htu, Some(&ath), SystemTime::now())?;
+        let proof = dpop.proof_for(&method, &htu, Some(&ath), nonce, SystemTime::now())?;
         let mut headers = HeaderMap::with_capacity(1);
         headers.insert(&super::dpop::DPOP, proof);
         Ok(credential
@@ -1532,7 +1616,7 @@ impl Engine {
         let method = request.method().clone();
         match self.get(request.force_refresh(), |cached| cached.credential.clone()) {
             Ok(Join::Current(credential)) => {
-                AuthorizeFuture::ready(self.bind(credential, method, htu))
+                AuthorizeFuture::ready(self.bind(credential, method, htu, None))
             }
             Ok(Join::Wait(waiter)) => {
                 let engine = Arc::clone(self);
@@ -1541,7 +1625,7 @@ impl Engine {
                     let outcome = waiter.wait().await;
                     engine.config.metrics.refresh_wait_done(timer);
                     let cached = outcome??;
-                    engine.bind(cached.credential.clone(), method, htu)
+                    engine.bind(cached.credential.clone(), method, htu, None)
                 })
             }
             Err(e) => AuthorizeFuture::ready(Err(e)),
@@ -1565,20 +1649,42 @@ impl Engine {
         let fresh_nonce = dpop.remember_nonce(super::dpop::origin_of(&htu), headers);
         match crate::www_authenticate::scheme_error(headers, "dpop").as_deref() {
             Some("use_dpop_nonce") if status == StatusCode::UNAUTHORIZED => {
-                if !fresh_nonce {
+                let Some(nonce) = fresh_nonce else {
                     tracing::debug!(
                         "401 use_dpop_nonce without a usable DPoP-Nonce: returned unchanged"
                     );
                     return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp));
+                };
+                // The session may have ended or moved on since the request was sent: only a
+                // token still current is retried as it is, with the nonce.
+                if let Some(ended) = &self.lock().ended {
+                    return UnauthorizedFuture::ready(Err(ended.clone()));
                 }
-                tracing::debug!("the resource asked for a DPoP nonce; retrying with it");
-                let template = failed.clone().bound(Binding {
-                    ath: Arc::clone(&binding.ath),
-                    request: None,
-                });
-                return UnauthorizedFuture::ready(
-                    self.bind(template, method, htu).map(Unauthorized::Retry),
-                );
+                let now = self.clock.now();
+                let template = match self.current.load_full() {
+                    Some(current)
+                        if current.credential.generation() == failed.generation()
+                            && current.freshness(now) != Freshness::Stale =>
+                    {
+                        Some(failed.clone().bound(Binding {
+                            ath: Arc::clone(&binding.ath),
+                            request: None,
+                        }))
+                    }
+                    // Replaced (a refresh, `set_tokens`): the current token, with the nonce.
+                    Some(current) if current.freshness(now) != Freshness::Stale => {
+                        Some(current.credential.clone())
+                    }
+                    // No usable token (a logout, an expiry): the ordinary path decides.
+                    _ => None,
+                };
+                if let Some(template) = template {
+                    tracing::debug!("the resource asked for a DPoP nonce; retrying with it");
+                    return UnauthorizedFuture::ready(
+                        self.bind(template, method, htu, Some(&nonce))
+                            .map(Unauthorized::Retry),
+                    );
+                }
             }
             Some("invalid_dpop_proof") => {
                 tracing::debug!("401 invalid_dpop_proof: returned unchanged");
@@ -1591,7 +1697,7 @@ impl Engine {
         UnauthorizedFuture::pending(async move {
             match answer.await? {
                 Unauthorized::Retry(credential) => engine
-                    .bind(credential, method, htu)
+                    .bind(credential, method, htu, None)
                     .map(Unauthorized::Retry),
                 other => Ok(other),
             }
@@ -1612,12 +1718,16 @@ impl Engine {
         ))
     }
 
-    fn prove_token_request(&self, _: &mut http::Request<bytes::Bytes>) -> Result<(), Error> {
+    fn prove_token_request(
+        &self,
+        _: &mut http::Request<bytes::Bytes>,
+        _: Option<&str>,
+    ) -> Result<(), Error> {
         Ok(())
     }
 
-    fn token_nonce(&self, _: &http::response::Parts, _: &bytes::Bytes) -> bool {
-        false
+    fn token_nonce(&self, _: &http::response::Parts, _: &bytes::Bytes) -> Option<String> {
+        None
     }
 }
 

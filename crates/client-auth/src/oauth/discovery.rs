@@ -130,9 +130,22 @@ impl ServerMetadata {
         let token_endpoint = doc
             .token_endpoint
             .ok_or(Error::Config("the metadata has no `token_endpoint`".into()))?;
-        check_endpoint(&token_endpoint, "metadata's token_endpoint", allow_http)?;
+        // Plain http for an endpoint only where the issuer itself is plain http (a loopback
+        // test server) or the caller opted in: an https issuer never sends the client's
+        // secrets to a plain-http endpoint, loopback included.
+        let https_issuer = issuer.starts_with("https://");
+        let endpoint = |url: &str, what: &'static str| -> Result<(), Error> {
+            let uri = check_endpoint(url, what, allow_http)?;
+            if https_issuer && !allow_http && uri.scheme_str() != Some("https") {
+                return Err(Error::Config(
+                    format!("the {what} is plain http while the issuer is https").into(),
+                ));
+            }
+            Ok(())
+        };
+        endpoint(&token_endpoint, "metadata's token_endpoint")?;
         if let Some(revocation) = &doc.revocation_endpoint {
-            check_endpoint(revocation, "metadata's revocation_endpoint", allow_http)?;
+            endpoint(revocation, "metadata's revocation_endpoint")?;
         }
         Ok(Self {
             issuer: issuer.to_owned(),

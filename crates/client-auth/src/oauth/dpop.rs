@@ -300,36 +300,44 @@ impl Dpop {
             .map(|(_, n)| n.clone())
     }
 
-    /// Remembers the `DPoP-Nonce` in `headers` for `origin`; whether there was one.
-    pub(crate) fn remember_nonce(&self, origin: &str, headers: &HeaderMap) -> bool {
-        let Some(nonce) = headers
+    /// Remembers the `DPoP-Nonce` in `headers` for `origin`, and gives it back (a retry uses
+    /// it as it is: with other origins' nonces arriving at once, the memory may have dropped
+    /// it again).
+    pub(crate) fn remember_nonce(&self, origin: &str, headers: &HeaderMap) -> Option<String> {
+        let nonce = headers
             .get(&DPOP_NONCE)
             .and_then(|v| v.to_str().ok())
-            .filter(|n| is_nonce(n))
-        else {
-            return false;
-        };
+            .filter(|n| is_nonce(n))?;
         let mut nonces = self.nonces.lock().unwrap_or_else(PoisonError::into_inner);
         nonces.retain(|(o, _)| !o.eq_ignore_ascii_case(origin));
         if nonces.len() >= MAX_NONCES {
             nonces.pop_front();
         }
         nonces.push_back((origin.to_owned(), nonce.to_owned()));
-        true
+        Some(nonce.to_owned())
     }
 
-    /// A proof for a request to `htu` (`scheme://authority/path`) with the nonce its origin
-    /// gave last.
+    /// A proof for a request to `htu` (`scheme://authority/path`) with `nonce`, or else the
+    /// nonce its origin gave last.
     pub(crate) fn proof_for(
         &self,
         method: &Method,
         htu: &str,
         ath: Option<&str>,
+        nonce: Option<&str>,
         now: SystemTime,
     ) -> Result<HeaderValue, Error> {
-        let nonce = self.nonce(origin_of(htu));
-        self.key
-            .proof(method.as_str(), htu, ath, nonce.as_deref(), now)
+        let remembered = match nonce {
+            Some(_) => None,
+            None => self.nonce(origin_of(htu)),
+        };
+        self.key.proof(
+            method.as_str(),
+            htu,
+            ath,
+            nonce.or(remembered.as_deref()),
+            now,
+        )
     }
 }
 
@@ -448,11 +456,14 @@ mod tests {
         let dpop = Dpop::new(keys().remove(0));
         let mut headers = HeaderMap::new();
         headers.insert(&DPOP_NONCE, HeaderValue::from_static("n1"));
-        assert!(dpop.remember_nonce("https://a", &headers));
+        assert_eq!(
+            dpop.remember_nonce("https://a", &headers).as_deref(),
+            Some("n1")
+        );
         assert_eq!(dpop.nonce("https://A").as_deref(), Some("n1"));
         assert_eq!(dpop.nonce("https://b"), None);
         headers.insert(&DPOP_NONCE, HeaderValue::from_static("bad\"nonce"));
-        assert!(!dpop.remember_nonce("https://a", &headers));
+        assert_eq!(dpop.remember_nonce("https://a", &headers), None);
         assert_eq!(dpop.nonce("https://a").as_deref(), Some("n1"));
         headers.insert(&DPOP_NONCE, HeaderValue::from_static("n"));
         for i in 0..100 {

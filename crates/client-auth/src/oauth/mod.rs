@@ -254,16 +254,15 @@ impl Config {
         }
         match (&self.client_secret, self.client_auth) {
             #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
-            (_, ClientAuth::SecretJwt | ClientAuth::PrivateKeyJwt) => {
-                let (signer, audience) = self.assertion.as_ref().ok_or(Error::Config(
-                    "JWT client authentication without a key".into(),
+            (_, ClientAuth::SecretJwt | ClientAuth::PrivateKeyJwt | ClientAuth::Assertion) => {
+                let assertion = inputs.client_assertion.as_ref().ok_or(Error::Config(
+                    "client assertion authentication without an assertion".into(),
                 ))?;
-                let jwt =
-                    signer.assertion(&self.client_id, audience, std::time::SystemTime::now())?;
                 form.append_pair("client_id", &self.client_id);
                 form.append_pair("client_assertion_type", JWT_BEARER_CLIENT_ASSERTION);
-                form.append_pair("client_assertion", &jwt);
+                form.append_pair("client_assertion", assertion.expose_secret());
             }
+            #[cfg(not(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto")))]
             (_, ClientAuth::Assertion) => {
                 let assertion = inputs.client_assertion.as_ref().ok_or(Error::Config(
                     "client assertion authentication without an assertion".into(),
@@ -356,8 +355,17 @@ impl Config {
             (Some(source), true) => Some(source.get().await?),
             _ => None,
         };
-        let client_assertion = match &self.client_assertion {
-            Some(source) if self.client_auth == ClientAuth::Assertion => Some(source.get().await?),
+        let client_assertion = match (&self.client_assertion, self.client_auth) {
+            (Some(source), ClientAuth::Assertion) => Some(source.get().await?),
+            #[cfg(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
+            (_, ClientAuth::SecretJwt | ClientAuth::PrivateKeyJwt) => {
+                let (signer, audience) = self.assertion.as_ref().ok_or(Error::Config(
+                    "JWT client authentication without a key".into(),
+                ))?;
+                let jwt =
+                    signer.assertion(&self.client_id, audience, std::time::SystemTime::now())?;
+                Some(SecretString::new(jwt.to_string()))
+            }
             _ => None,
         };
         Ok(Inputs {
@@ -857,17 +865,32 @@ impl<T> OAuthProviderBuilder<T> {
     }
 
     /// A header sent with every token and revocation request (an API key a gateway in front of
-    /// the token endpoint asks for, say). The value is marked sensitive.
+    /// the token endpoint asks for, say). The value is marked sensitive and removed from any
+    /// error text. Headers the token request sets itself (`Host`, `Content-Type`,
+    /// `Content-Length`, `Transfer-Encoding`, `Connection`, `Accept`, `DPoP`) cannot be set,
+    /// nor `Authorization` with `client_secret_basic`.
     ///
     /// # Errors
     ///
-    /// None here: a name or value that is not a valid header is refused by
-    /// [`build`](Self::build) with [`Error::Config`].
+    /// None here: a name or value that is not a valid header, or a header listed above, is
+    /// refused by [`build`](Self::build) with [`Error::Config`].
     pub fn token_request_header(mut self, name: &str, value: &str) -> Self {
+        // What the token request itself sets, or that would send it elsewhere, is not the
+        // caller's to change.
+        const RESERVED: [&str; 7] = [
+            "host",
+            "content-type",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "dpop",
+            "accept",
+        ];
         match (
             http::HeaderName::from_bytes(name.as_bytes()),
             http::HeaderValue::from_str(value),
         ) {
+            (Ok(name), _) if RESERVED.contains(&name.as_str()) => self.invalid_header = true,
             (Ok(name), Ok(mut value)) => {
                 value.set_sensitive(true);
                 self.extra_headers.append(name, value);
@@ -1128,6 +1151,11 @@ impl<T> OAuthProviderBuilder<T> {
     /// neither refreshes the token nor counts toward the 401 cooldown, and a 401 saying
     /// `invalid_dpop_proof` is returned unchanged.
     ///
+    /// Redirects: the proof is a header of its own, marked sensitive. tower's `RedirectPolicy`
+    /// (client-auth-tower) removes it with `Authorization`; reqwest removes only
+    /// `Authorization` on a hop to another origin, so with reqwest build the client with
+    /// `client_auth_reqwest::same_origin_redirect_policy`, which follows no such hop.
+    ///
     /// ```
     /// # #[cfg(feature = "reqwest")] {
     /// use client_auth::{DpopKey, OAuthProvider};
@@ -1217,6 +1245,16 @@ impl<T> OAuthProviderBuilder<T> {
         if self.client_auth == ClientAuth::Assertion && self.client_assertion.is_none() {
             return Err(Error::Config(
                 "`ClientAuth::Assertion` needs a source: use `client_assertion(source)`".into(),
+            ));
+        }
+        if self.extra_headers.contains_key(AUTHORIZATION)
+            && self.client_auth == ClientAuth::SecretBasic
+            && self.client_secret.is_some()
+        {
+            return Err(Error::Config(
+                "a token request header sets Authorization, which client_secret_basic sets \
+                 itself: use another client authentication"
+                    .into(),
             ));
         }
         if self.invalid_header {

@@ -9,7 +9,7 @@ use http::{HeaderMap, StatusCode};
 use super::{GrantKind, OAuthProvider, OAuthProviderBuilder, TransportChoice};
 use crate::error::Error;
 use crate::provider::{
-    AuthorizationProvider, AuthorizeFuture, Credential, Generation, ProviderFuture, RequestView,
+    AuthorizationProvider, AuthorizeFuture, Credential, ProviderFuture, RequestView,
     Unauthorized, UnauthorizedFuture,
 };
 
@@ -58,42 +58,40 @@ impl TokenTarget {
     }
 
     /// A stable name for the target, the same in every process: the store namespace suffix.
+    /// SHA-256 over every field, each tagged, marked present or absent and length-prefixed, so
+    /// that different targets never share a store entry.
     fn digest(&self) -> String {
-        // FNV-1a over the fields, each with a tag and a separator that field text cannot
-        // forge into another field.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut feed = |tag: u8, text: &str| {
-            for byte in std::iter::once(tag)
-                .chain(text.len().to_le_bytes())
-                .chain(text.bytes())
-            {
-                hash ^= u64::from(byte);
-                hash = hash.wrapping_mul(0x0100_0000_01b3);
-            }
+        use sha2::{Digest as _, Sha256};
+        let mut hash = Sha256::new();
+        let mut feed = |tag: u8, text: Option<&str>| {
+            hash.update([tag, u8::from(text.is_some())]);
+            let text = text.unwrap_or("");
+            hash.update((text.len() as u64).to_le_bytes());
+            hash.update(text.as_bytes());
         };
-        feed(1, self.scope.as_deref().unwrap_or("\u{0}"));
-        feed(2, self.resource.as_deref().unwrap_or("\u{0}"));
-        feed(3, self.audience.as_deref().unwrap_or("\u{0}"));
+        feed(1, self.scope.as_deref());
+        feed(2, self.resource.as_deref());
+        feed(3, self.audience.as_deref());
         for (name, value) in &self.params {
-            feed(4, name);
-            feed(5, value);
+            feed(4, Some(name));
+            feed(5, Some(value));
         }
-        format!("{hash:016x}")
+        hash.finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 
 type Select = dyn Fn(&RequestView<'_>) -> TokenTarget + Send + Sync;
 type Make = dyn Fn(&TokenTarget) -> Result<OAuthProvider, Error> + Send + Sync;
 
-/// Bits of a [`Generation`] that number a target's own tokens; the bits above name the target.
-const INNER_BITS: u32 = 40;
-const INNER_MASK: u64 = (1 << INNER_BITS) - 1;
-
 /// One OAuth client, a token per [`TokenTarget`]: each target has its own token, single
 /// flight, refresh windows, backoff, 401 handling and store entry (the template's namespace,
 /// `#`, a digest of the target), so a token asked for one API is never sent to another. At most
 /// [`max_targets`](PerTargetProviderBuilder::max_targets) targets are held; the least recently
-/// used one is dropped first.
+/// used one is dropped first. Each credential carries the target that issued it, so a 401 is
+/// answered only by that target's provider, and one for a dropped target is returned as is.
 ///
 /// The template must use a grant that needs no refresh token (`client_credentials`, the JWT
 /// bearer grant, token exchange): a refresh token shared by several targets would be rotated
@@ -128,6 +126,8 @@ struct Inner {
     max: usize,
     /// The template's `retry_forbidden`.
     retry_forbidden: bool,
+    /// The template's metrics name.
+    metrics_name: String,
     /// Most recently used last: (slot, target, provider).
     held: Mutex<Vec<(u64, TokenTarget, OAuthProvider)>>,
     next_slot: Mutex<u64>,
@@ -208,13 +208,15 @@ impl PerTargetProvider {
             return Ok(found);
         }
         let provider = (self.inner.make)(target)?;
+        // A 64-bit counter: a slot is never handed out twice, so a credential names the one
+        // provider that issued it for as long as the process lives.
         let slot = {
             let mut next = self
                 .inner
                 .next_slot
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            *next = (*next % ((1 << (64 - INNER_BITS)) - 1)) + 1;
+            *next = next.wrapping_add(1);
             *next
         };
         if held.len() >= self.inner.max {
@@ -224,27 +226,23 @@ impl PerTargetProvider {
         Ok((slot, provider))
     }
 
-    /// The provider that issued `credential`, and the credential as that provider numbered it.
-    fn issuer_of(&self, credential: &Credential) -> Option<(u64, OAuthProvider, Credential)> {
-        let generation = credential.generation().get();
-        let slot = generation >> INNER_BITS;
+    /// The provider that issued `credential`, if its target is still held.
+    fn issuer_of(&self, credential: &Credential) -> Option<OAuthProvider> {
+        let slot = credential.owner()?;
         let held = self
             .inner
             .held
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let (_, _, provider) = held.iter().find(|(s, _, _)| *s == slot)?;
-        let inner = credential
-            .clone()
-            .with_generation(Generation::new(generation & INNER_MASK));
-        Some((slot, provider.clone(), inner))
+        held.iter()
+            .find(|(s, _, _)| *s == slot)
+            .map(|(_, _, provider)| provider.clone())
     }
 }
 
-/// `credential` numbered for the outside: the slot above the inner generation.
+/// `credential` marked as issued by the target in `slot`.
 fn outer(slot: u64, credential: Credential) -> Credential {
-    let inner = credential.generation().get() & INNER_MASK;
-    credential.with_generation(Generation::new((slot << INNER_BITS) | inner))
+    credential.owned_by(slot)
 }
 
 fn renumbered<T: Send + 'static>(
@@ -278,12 +276,12 @@ impl AuthorizationProvider for PerTargetProvider {
         headers: &HeaderMap,
     ) -> UnauthorizedFuture {
         // A target dropped since: its token is gone too, so the 401 stays as it is.
-        let Some((slot, provider, inner)) = self.issuer_of(failed) else {
+        let (Some(slot), Some(provider)) = (failed.owner(), self.issuer_of(failed)) else {
             return UnauthorizedFuture::ready(Ok(Unauthorized::GiveUp));
         };
         renumbered(
             slot,
-            provider.on_unauthorized(&inner, status, headers),
+            provider.on_unauthorized(failed, status, headers),
             |slot, answer| match answer {
                 Unauthorized::Retry(credential) => Unauthorized::Retry(outer(slot, credential)),
                 other => other,
@@ -296,9 +294,13 @@ impl AuthorizationProvider for PerTargetProvider {
     }
 
     fn on_accepted(&self, credential: &Credential) {
-        if let Some((_, provider, inner)) = self.issuer_of(credential) {
-            provider.on_accepted(&inner);
+        if let Some(provider) = self.issuer_of(credential) {
+            provider.on_accepted(credential);
         }
+    }
+
+    fn metrics_name(&self) -> &str {
+        &self.inner.metrics_name
     }
 
     fn retry_forbidden(&self) -> bool {
@@ -341,6 +343,7 @@ impl<T: TransportChoice + Clone + Send + Sync + 'static> PerTargetProviderBuilde
         }
         drop(self.template.clone().build()?);
         let retry_forbidden = self.template.retry_forbidden;
+        let metrics_name = self.template.metrics_name.clone();
         let template = self.template;
         let make = move |target: &TokenTarget| {
             let mut builder = template.clone();
@@ -367,6 +370,7 @@ impl<T: TransportChoice + Clone + Send + Sync + 'static> PerTargetProviderBuilde
                 select: self.select,
                 max: self.max,
                 retry_forbidden,
+                metrics_name,
                 held: Mutex::new(Vec::new()),
                 next_slot: Mutex::new(0),
             }),
