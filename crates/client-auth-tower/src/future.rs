@@ -2,8 +2,9 @@
 //! how the server answered, and retries a 401 at most once.
 //!
 //! Every state holds its own data, so a state without what it needs cannot be written. The
-//! states without a pinned future live in `Step`: each transition moves the step out by value
-//! (leaving `Step::Done`) and moves it back in while it waits.
+//! states of the fresh path (`Direct`, `Sent`) keep the future small; the
+//! states without a pinned future live in a boxed `Step`: each transition moves the step out by
+//! value (leaving `Step::Moved`) and moves it back in while it waits.
 
 use std::fmt;
 use std::future::Future;
@@ -13,11 +14,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use client_auth::adapter::{RetrySkipped, report_retry, report_retry_skipped, report_unauthorized};
+use client_auth::adapter::{
+    RetrySkipped, report_retry, report_retry_skipped, report_unauthorized,
+    report_unauthorized_unanswered,
+};
 use client_auth::{
     AuthorizationProvider, AuthorizeFuture, Credential, Unauthorized, UnauthorizedFuture,
 };
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
@@ -59,13 +63,29 @@ pin_project! {
     where
         S: Service<Request<B>>,
     {
-        // Not ours to stamp: the inner future, untouched.
-        PassThrough { #[pin] future: S::Future },
+        // The inner future, with nothing kept for its answer: a request not ours to stamp, or
+        // one stamped for a provider that needs no answer. Once it has answered, `direct` says
+        // so and the inner future stays in place (no state to drop and write).
+        Direct { #[pin] future: S::Future, direct: Direct },
         // The stamped request is on its way; `retry` says what a 401 to it can lead to.
-        Sent { #[pin] future: S::Future, stamp: Stamp, retry: Retry<Pending<S, B>> },
-        // Between two sends, or finished: nothing pinned.
-        Step { step: Step<S, B> },
+        Sent { #[pin] future: S::Future, stamp: Stamp, retry: Retry<Box<Pending<S, B>>> },
+        // Between two sends: nothing pinned, boxed so that the fresh path's future stays small.
+        Step { step: Box<Step<S, B>> },
+        // The output was returned.
+        Done,
     }
+}
+
+/// What `State::Direct` does with the answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direct {
+    /// Not stamped: returned untouched.
+    PassThrough,
+    /// Stamped for a provider that needs no answer (`needs_answers` is false): a 401 is
+    /// reported, and a 403 too with `forbidden` (`retry_forbidden`).
+    Unanswered { forbidden: bool },
+    /// The answer was returned.
+    Done,
 }
 
 /// The states that hold no pinned future.
@@ -79,8 +99,8 @@ pub(crate) enum Step<S: Service<Request<B>>, B> {
     Unauthorized(UnauthorizedFuture, S::Response, Pending<S, B>, Credential),
     /// The provider failed before anything was sent.
     Failed(client_auth::Error),
-    /// The output was returned (or the step is being moved).
-    Done,
+    /// The step is being moved.
+    Moved,
 }
 
 /// A request to stamp and send once its credential is there and `service` is ready.
@@ -88,7 +108,7 @@ pub(crate) struct Pending<S, B> {
     pub(crate) service: S,
     pub(crate) request: Request<B>,
     pub(crate) provider: Arc<dyn AuthorizationProvider>,
-    pub(crate) retry: Retry<Box<Request<B>>>,
+    pub(crate) retry: Retry<Box<Pending<S, B>>>,
 }
 
 /// The provider a stamped request answers to, and the credential it was sent with: told about
@@ -98,9 +118,8 @@ pub(crate) struct Stamp {
     pub(crate) credential: Credential,
 }
 
-/// Whether, and how, a 401 can be retried: `T` is the snapshot before the send, and the retry
-/// ready to go after it. Boxed before the send: the snapshot allocates anyway (headers), and
-/// the future stays small on the paths that take none.
+/// Whether, and how, a 401 can be retried: `T` is the retry, taken before the first send and
+/// boxed (the future stays small on the paths that take none).
 pub(crate) enum Retry<T> {
     /// Never: a provider that never recovers, or the retry itself.
     Never,
@@ -111,45 +130,65 @@ pub(crate) enum Retry<T> {
     Armed(T, Option<u64>),
 }
 
-/// A copy of `request` with `body`, taken before it is stamped, for the one retry.
-pub(crate) fn snapshot<B: Body>(request: &Request<B>, body: B) -> Retry<Box<Request<B>>> {
+/// The retry of `request`: a copy of it with `body`, taken before it is stamped, in the box it
+/// keeps until the answer. `service` is a stand-in until the send (see [`dispatch`]).
+pub(crate) fn snapshot<S, B: Body>(
+    request: &Request<B>,
+    body: B,
+    service: S,
+    provider: Arc<dyn AuthorizationProvider>,
+) -> Retry<Box<Pending<S, B>>> {
     let size = body.size_hint().exact();
-    let mut copy = Request::new(body);
+    let mut retry = Box::new(Pending {
+        service,
+        request: Request::new(body),
+        provider,
+        retry: Retry::Never,
+    });
+    let copy = &mut retry.request;
     *copy.method_mut() = request.method().clone();
     *copy.uri_mut() = request.uri().clone();
     *copy.version_mut() = request.version();
     *copy.headers_mut() = request.headers().clone();
     *copy.extensions_mut() = request.extensions().clone();
-    Retry::Armed(Box::new(copy), size)
+    Retry::Armed(retry, size)
 }
 
-/// Stamps `request` and sends it on `service`, which `poll_ready` made ready. With a retry
-/// armed, the service called is kept for the retry and `service` becomes a clone of it.
+/// Stamps `request` and sends it on `service`, which `poll_ready` made ready.
+#[inline]
 pub(crate) fn send<S, B>(
     service: &mut S,
     mut request: Request<B>,
     stamp: Stamp,
-    retry: Retry<Box<Request<B>>>,
+    retry: Retry<Box<Pending<S, B>>>,
 ) -> State<S, B>
 where
-    S: Service<Request<B>> + Clone,
+    S: Service<Request<B>>,
 {
     stamp.credential.apply(request.headers_mut());
+    dispatch(service, request, stamp, retry)
+}
+
+/// Sends the stamped `request` on `service`, which `poll_ready` made ready. With a retry armed,
+/// the service called is kept for the retry and `service` becomes the retry's stand-in, a
+/// clone made with the snapshot.
+#[inline]
+pub(crate) fn dispatch<S, B>(
+    service: &mut S,
+    request: Request<B>,
+    stamp: Stamp,
+    retry: Retry<Box<Pending<S, B>>>,
+) -> State<S, B>
+where
+    S: Service<Request<B>>,
+{
     let (future, retry) = match retry {
         // No retry to send later: no clone of the service either.
         Retry::Never => (service.call(request), Retry::Never),
         Retry::BodyNotCloned => (service.call(request), Retry::BodyNotCloned),
-        Retry::Armed(copy, size) => {
-            let clone = service.clone();
-            let mut ready = mem::replace(service, clone);
-            let future = ready.call(request);
-            let retry = Pending {
-                service: ready,
-                request: *copy,
-                provider: Arc::clone(&stamp.provider),
-                retry: Retry::Never,
-            };
-            (future, Retry::Armed(retry, size))
+        Retry::Armed(mut retry, size) => {
+            mem::swap(&mut retry.service, service);
+            (retry.service.call(request), Retry::Armed(retry, size))
         }
     };
     State::Sent {
@@ -162,6 +201,10 @@ where
 impl<S: Service<Request<B>>, B> ResponseFuture<S, B> {
     pub(crate) fn new(state: State<S, B>) -> Self {
         Self { state }
+    }
+
+    pub(crate) fn direct(future: S::Future, direct: Direct) -> Self {
+        Self::new(State::Direct { future, direct })
     }
 }
 
@@ -176,9 +219,20 @@ where
         let mut this = self.project();
         loop {
             let step = match this.state.as_mut().project() {
-                StateProj::PassThrough { future } => {
+                StateProj::Direct { future, direct } => {
+                    if *direct == Direct::Done {
+                        return Poll::Ready(Err(polled_after_completion()));
+                    }
                     let output = ready!(future.poll(cx)).map_err(Into::into);
-                    this.state.set(State::Step { step: Step::Done });
+                    if let (Direct::Unanswered { forbidden }, Ok(response)) = (*direct, &output) {
+                        let status = response.status();
+                        if status == StatusCode::UNAUTHORIZED
+                            || (forbidden && status == StatusCode::FORBIDDEN)
+                        {
+                            report_unauthorized_unanswered(status);
+                        }
+                    }
+                    *direct = Direct::Done;
                     return Poll::Ready(output);
                 }
                 StateProj::Sent {
@@ -188,27 +242,37 @@ where
                 } => {
                     let output = ready!(future.poll(cx)).map_err(Into::into);
                     let next = output.map(|response| answered(response, stamp, retry));
-                    this.state.set(State::Step { step: Step::Done });
+                    this.state.set(State::Done);
                     match next? {
                         ControlFlow::Break(response) => return Poll::Ready(Ok(response)),
-                        ControlFlow::Continue(step) => step,
+                        ControlFlow::Continue(step) => Box::new(step),
                     }
                 }
-                StateProj::Step { step } => match mem::replace(step, Step::Done) {
+                StateProj::Step { step } => match mem::replace(&mut **step, Step::Moved) {
                     Step::Authorizing(mut credential, pending) => {
                         let Poll::Ready(credential) = Pin::new(&mut credential).poll(cx) else {
-                            *step = Step::Authorizing(credential, pending);
+                            **step = Step::Authorizing(credential, pending);
                             return Poll::Pending;
                         };
                         // Never sent without its credential.
-                        Step::Readying(credential?, pending)
+                        match credential {
+                            Ok(credential) => **step = Step::Readying(credential, pending),
+                            Err(error) => {
+                                this.state.set(State::Done);
+                                return Poll::Ready(Err(error.into()));
+                            }
+                        }
+                        continue;
                     }
                     Step::Readying(credential, mut pending) => {
                         let Poll::Ready(ready) = pending.service.poll_ready(cx) else {
-                            *step = Step::Readying(credential, pending);
+                            **step = Step::Readying(credential, pending);
                             return Poll::Pending;
                         };
-                        ready.map_err(Into::<BoxError>::into)?;
+                        if let Err(error) = ready {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(error.into()));
+                        }
                         let stamp = Stamp {
                             provider: pending.provider,
                             credential,
@@ -220,7 +284,7 @@ where
                     }
                     Step::Unauthorized(mut answer, response, pending, failed) => {
                         let Poll::Ready(answer) = Pin::new(&mut answer).poll(cx) else {
-                            *step = Step::Unauthorized(answer, response, pending, failed);
+                            **step = Step::Unauthorized(answer, response, pending, failed);
                             return Poll::Pending;
                         };
                         let provider = &*pending.provider;
@@ -230,28 +294,40 @@ where
                             Ok(Unauthorized::Retry(credential)) => credential,
                             Ok(_) => {
                                 report_retry_skipped(provider, RetrySkipped::Declined, status);
+                                this.state.set(State::Done);
                                 return Poll::Ready(Ok(response));
                             }
                             Err(error) => {
                                 report_retry_skipped(provider, RetrySkipped::SessionEnded, status);
+                                this.state.set(State::Done);
                                 return Poll::Ready(Err(error.into()));
                             }
                         };
                         report_retry(provider, &failed, &credential);
                         // The 401's body is dropped unread; the retry's answer is returned
                         // whatever it is, and reported against the retry's credential.
-                        Step::Readying(credential, pending)
+                        **step = Step::Readying(credential, pending);
+                        continue;
                     }
-                    Step::Failed(error) => return Poll::Ready(Err(error.into())),
-                    Step::Done => {
-                        let done = "client-auth-tower: ResponseFuture polled after completion";
-                        return Poll::Ready(Err(client_auth::Error::Config(done.into()).into()));
+                    Step::Failed(error) => {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(error.into()));
+                    }
+                    Step::Moved => {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(polled_after_completion()));
                     }
                 },
+                StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
             };
             this.state.set(State::Step { step });
         }
     }
+}
+
+fn polled_after_completion() -> BoxError {
+    let done = "client-auth-tower: ResponseFuture polled after completion";
+    client_auth::Error::Config(done.into()).into()
 }
 
 /// What follows the answer to a stamped request: the response to return, or the step that
@@ -259,7 +335,7 @@ where
 fn answered<S, B: Body, ResB>(
     response: Response<ResB>,
     stamp: &Stamp,
-    retry: &mut Retry<Pending<S, B>>,
+    retry: &mut Retry<Box<Pending<S, B>>>,
 ) -> ControlFlow<Response<ResB>, Step<S, B>>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
@@ -283,7 +359,7 @@ where
         Retry::Armed(retry, size) if retry.request.body().size_hint().exact() == size => {
             let answer = provider.on_unauthorized(&stamp.credential, status, response.headers());
             let failed = stamp.credential.clone();
-            return ControlFlow::Continue(Step::Unauthorized(answer, response, retry, failed));
+            return ControlFlow::Continue(Step::Unauthorized(answer, response, *retry, failed));
         }
         Retry::Armed(..) => RetrySkipped::BodyCopyChanged,
         Retry::BodyNotCloned => RetrySkipped::BodyNotCloneable,
@@ -301,15 +377,20 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
-            State::PassThrough { .. } => "PassThrough",
+            State::Direct { direct, .. } => match direct {
+                Direct::PassThrough => "PassThrough",
+                Direct::Unanswered { .. } => "Sent",
+                Direct::Done => "Done",
+            },
             State::Sent { .. } => "Sent",
-            State::Step { step } => match step {
+            State::Step { step } => match **step {
                 Step::Authorizing(..) => "Authorizing",
                 Step::Readying(..) => "Readying",
                 Step::Unauthorized(..) => "Unauthorized",
                 Step::Failed(_) => "Failed",
-                Step::Done => "Done",
+                Step::Moved => "Done",
             },
+            State::Done => "Done",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)

@@ -48,9 +48,10 @@
 //!
 //! # What happens to a request
 //!
-//! 1. The request's `Uri` (scheme, authority, path, query) and extensions are shown to
-//!    [`client_auth::adapter::plan_request`] without allocating. It passes the request through
-//!    untouched when it goes to an origin you did not name, when the caller already set
+//! 1. The request's `Uri` (scheme, authority, path, query) and extensions go through the steps
+//!    of [`client_auth::adapter::plan_request`] without allocating (the origin compared with
+//!    [`OriginPolicy::allows_uri`](client_auth::OriginPolicy::allows_uri)). It passes the
+//!    request through untouched when it goes to an origin you did not name, when the caller already set
 //!    `Authorization` (its 401 is returned unchanged too; a `DEBUG` event says so), or when
 //!    [`AuthorizationControl::Skip`] is in its extensions. A caller-set value that carries no
 //!    credentials (empty, or a scheme alone such as `Bearer `, what an SDK configured with an
@@ -58,9 +59,9 @@
 //!    authorized: see [Behind a base-URI layer](#behind-a-base-uri-layer).
 //! 2. Otherwise the provider gives a credential. Usually it is at hand: it is stamped and the
 //!    request goes to the service `poll_ready` made ready. When the provider never recovers
-//!    (a static key) nothing is copied, cloned or allocated by this layer: the cost of
-//!    tower-http's `AddAuthorization`. When a refresh is
-//!    needed, the request waits for it **without** holding the inner service's readiness
+//!    (a static key) no request is copied, no service cloned and nothing allocated by this
+//!    layer, as with tower-http's `AddAuthorization`; a static key keeps nothing in the
+//!    response future. When a refresh is needed, the request waits for it **without** holding the inner service's readiness
 //!    (see [Readiness](#readiness)). If the provider fails, the request is not sent and the
 //!    error is returned.
 //! 3. When the provider can recover from a 401 ([`AuthorizationProvider::can_recover`]), the

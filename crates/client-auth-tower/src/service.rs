@@ -4,16 +4,18 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use client_auth::adapter::{Plan, plan_request};
-use client_auth::{AuthorizationProvider, OriginPolicy, RequestView};
-use http::header::AUTHORIZATION;
-use http::{Request, Response};
+use client_auth::adapter::{Destination, ProviderRef, keeps_caller_authorization, route};
+use client_auth::{AuthorizationProvider, AuthorizeFuture, Credential, OriginPolicy, RequestView};
+use http::header::{AUTHORIZATION, Entry};
+use http::{HeaderValue, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::BoxError;
 use crate::body::{CloneBody, CloneRequestBody};
-use crate::future::{Pending, ResponseFuture, Retry, Stamp, State, Step, send, snapshot};
+use crate::future::{
+    Direct, Pending, ResponseFuture, Retry, Stamp, State, Step, dispatch, send, snapshot,
+};
 use crate::layer::AuthorizeLayer;
 
 /// Middleware that stamps the provider's `Authorization` header on requests to the allowed
@@ -104,71 +106,244 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
-        self.layer.origins.resolve_relative(request.uri_mut());
+        let layer = &self.layer;
+        let destination = if request.uri().scheme().is_none()
+            && !layer.origins.resolve_relative(request.uri_mut())
+        {
+            Destination::Relative
+        } else if layer.origins.allows_uri(request.uri()) {
+            Destination::Allowed
+        } else {
+            Destination::Other
+        };
         // Everything the provider needs is borrowed from the request: nothing is allocated
-        // before the plan says this request gets a credential.
-        let (mut credential, provider, retry) = {
-            let uri = request.uri();
-            let view = RequestView::new(
-                request.method(),
-                uri.scheme_str().unwrap_or_default(),
-                uri.authority().map_or("", |a| a.as_str()),
-                uri.path(),
-                uri.query(),
-                request.extensions(),
-            );
-            let caller_set = request.headers().get(AUTHORIZATION);
-            let layer = &self.layer;
-            let provider = match plan_request(&layer.provider, &layer.origins, &view, caller_set) {
-                Plan::PassThrough => {
-                    let future = self.inner.call(request);
-                    return ResponseFuture::new(State::PassThrough { future });
-                }
-                Plan::Authorize(provider) => provider,
-            };
-            let credential = provider.authorize(&view);
-            // The snapshot is taken before stamping (the retry is stamped with the new
-            // credential), and only when the provider can answer a 401 with a retry.
-            let retry = if provider.can_recover() {
-                let copy = layer.clone_body.clone_body(request.body());
-                copy.map_or(Retry::BodyNotCloned, |body| snapshot(&request, body))
-            } else {
-                Retry::Never
-            };
-            // Kept to tell the provider how the server answered (`on_accepted` on any answer
-            // but a 401, `on_unauthorized` on a 401): a reference count, no allocation.
-            (credential, provider.to_owned(), retry)
+        // before the plan says this request gets a credential. A per-request override provider
+        // is held by its own reference count, so that the request stays free to change.
+        let provider = match route(
+            &layer.provider,
+            &layer.origins,
+            request.extensions(),
+            destination,
+        ) {
+            None => {
+                return ResponseFuture::direct(self.inner.call(request), Direct::PassThrough);
+            }
+            Some(ProviderRef::Default(_)) => Chosen::Default(&layer.provider),
+            Some(ProviderRef::Override(provider)) => Chosen::Override(Arc::clone(provider)),
         };
 
-        let step = match credential.take_ready() {
-            // The fresh path: stamp and send on the service `poll_ready` made ready. The
-            // credential itself moves into the future: no copy.
-            Some(Ok(credential)) => {
-                let stamp = Stamp {
-                    provider,
-                    credential,
-                };
-                return ResponseFuture::new(send(&mut self.inner, request, stamp, retry));
-            }
-            // The provider failed: the request is not sent.
-            Some(Err(error)) => Step::Failed(error),
-            // A refresh is under way: a clone of the service is made ready once the credential
-            // is there.
-            None => {
-                let service = self.inner.clone();
-                let pending = Pending {
-                    service,
-                    request,
-                    provider,
-                    retry,
-                };
-                Step::Authorizing(credential, pending)
-            }
+        if provider.can_recover() {
+            return call_recoverable(&mut self.inner, layer, request, provider);
+        }
+
+        // One lookup of `Authorization` both tells whether the caller set one and, on the
+        // fresh path, is where the credential goes; the provider looks at the other parts
+        // meanwhile.
+        let (mut parts, body) = request.into_parts();
+        let entry = parts.headers.entry(AUTHORIZATION);
+        let caller_set = match &entry {
+            Entry::Occupied(value) => Some(value.get()),
+            Entry::Vacant(_) => None,
         };
-        // Nothing is sent now, so the readiness reserved by `poll_ready` is given back: waiting
-        // must not hold a `Buffer` or `ConcurrencyLimit` slot the token transport may need. The
-        // ready service is dropped, and `self` keeps a clone for the next `poll_ready`.
-        self.inner = self.inner.clone();
-        ResponseFuture::new(State::Step { step })
+        if keeps_caller_authorization(caller_set, || authority(&parts.uri)) {
+            let request = Request::from_parts(parts, body);
+            return ResponseFuture::direct(self.inner.call(request), Direct::PassThrough);
+        }
+        let mut credential = provider.authorize(&RequestView::new(
+            &parts.method,
+            parts.uri.scheme_str().unwrap_or_default(),
+            authority(&parts.uri),
+            parts.uri.path(),
+            parts.uri.query(),
+            &parts.extensions,
+        ));
+
+        // The fresh path of a provider that never recovers: stamped through the entry, no
+        // snapshot, no clone of the service.
+        let ready = credential.take_ready();
+        if let Some(Ok(credential)) = ready {
+            let unanswered = !provider.needs_answers();
+            let forbidden = provider.retry_forbidden();
+            if unanswered && credential.extra_headers().is_none() {
+                // Nothing is kept: the value moves into the request.
+                insert(entry, credential.into_header_value());
+                let future = self.inner.call(Request::from_parts(parts, body));
+                return ResponseFuture::direct(future, Direct::Unanswered { forbidden });
+            }
+            insert(entry, credential.header_value().clone());
+            credential.apply_extra(&mut parts.headers);
+            let request = Request::from_parts(parts, body);
+            if unanswered {
+                let future = self.inner.call(request);
+                return ResponseFuture::direct(future, Direct::Unanswered { forbidden });
+            }
+            let stamp = Stamp {
+                provider: provider.into_owned(),
+                credential,
+            };
+            return ResponseFuture::new(dispatch(&mut self.inner, request, stamp, Retry::Never));
+        }
+        let request = Request::from_parts(parts, body);
+        let provider = provider.into_owned();
+        send_or_wait(
+            &mut self.inner,
+            request,
+            provider,
+            ready,
+            credential,
+            Retry::Never,
+        )
+    }
+}
+
+/// `call` for a provider that can recover from a 401: the request is copied before it is
+/// stamped, for the one retry.
+fn call_recoverable<S, P, C, ReqB>(
+    inner: &mut S,
+    layer: &AuthorizeLayer<P, C>,
+    request: Request<ReqB>,
+    provider: Chosen<'_, P>,
+) -> ResponseFuture<S, ReqB>
+where
+    ReqB: http_body::Body,
+    S: Service<Request<ReqB>> + Clone,
+    P: AuthorizationProvider,
+    C: CloneRequestBody<ReqB>,
+{
+    let caller_set = request.headers().get(AUTHORIZATION);
+    if keeps_caller_authorization(caller_set, || authority(request.uri())) {
+        return ResponseFuture::direct(inner.call(request), Direct::PassThrough);
+    }
+    let mut credential = {
+        let uri = request.uri();
+        provider.authorize(&RequestView::new(
+            request.method(),
+            uri.scheme_str().unwrap_or_default(),
+            authority(uri),
+            uri.path(),
+            uri.query(),
+            request.extensions(),
+        ))
+    };
+    // Kept to tell the provider how the server answered (`on_accepted` on any answer but a
+    // 401, `on_unauthorized` on a 401): a reference count, no allocation.
+    let provider = provider.into_owned();
+    // The snapshot is taken before stamping (the retry is stamped with the new
+    // credential).
+    let retry = match layer.clone_body.clone_body(request.body()) {
+        Some(body) => snapshot(&request, body, inner.clone(), Arc::clone(&provider)),
+        None => Retry::BodyNotCloned,
+    };
+    let ready = credential.take_ready();
+    send_or_wait(inner, request, provider, ready, credential, retry)
+}
+
+/// Sends `request` with the credential at hand (`ready`), or fails without sending it, or
+/// waits for `credential` without holding the inner service's readiness.
+#[inline]
+fn send_or_wait<S, ReqB>(
+    inner: &mut S,
+    request: Request<ReqB>,
+    provider: Arc<dyn AuthorizationProvider>,
+    ready: Option<Result<Credential, client_auth::Error>>,
+    credential: AuthorizeFuture,
+    retry: Retry<Box<Pending<S, ReqB>>>,
+) -> ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>> + Clone,
+{
+    let step = match ready {
+        // The fresh path: stamp and send on the service `poll_ready` made ready. The
+        // credential itself moves into the future: no copy.
+        Some(Ok(credential)) => {
+            let stamp = Stamp {
+                provider,
+                credential,
+            };
+            return ResponseFuture::new(send(inner, request, stamp, retry));
+        }
+        // The provider failed: the request is not sent.
+        Some(Err(error)) => Step::Failed(error),
+        // A refresh is under way: a clone of the service is made ready once the credential
+        // is there.
+        None => {
+            let service = inner.clone();
+            let pending = Pending {
+                service,
+                request,
+                provider,
+                retry,
+            };
+            Step::Authorizing(credential, pending)
+        }
+    };
+    // Nothing is sent now, so the readiness reserved by `poll_ready` is given back: waiting
+    // must not hold a `Buffer` or `ConcurrencyLimit` slot the token transport may need. The
+    // ready service is dropped, and `self` keeps a clone for the next `poll_ready`.
+    *inner = inner.clone();
+    ResponseFuture::new(State::Step {
+        step: Box::new(step),
+    })
+}
+
+/// The provider that authorizes a request: the layer's, or a per-request override.
+enum Chosen<'a, P> {
+    Default(&'a Arc<P>),
+    Override(Arc<dyn AuthorizationProvider>),
+}
+
+impl<P: AuthorizationProvider> Chosen<'_, P> {
+    // The layer's own provider is called without dynamic dispatch.
+    fn authorize(&self, request: &RequestView<'_>) -> AuthorizeFuture {
+        match self {
+            Chosen::Default(provider) => provider.authorize(request),
+            Chosen::Override(provider) => provider.authorize(request),
+        }
+    }
+
+    fn can_recover(&self) -> bool {
+        match self {
+            Chosen::Default(provider) => provider.can_recover(),
+            Chosen::Override(provider) => provider.can_recover(),
+        }
+    }
+
+    fn needs_answers(&self) -> bool {
+        match self {
+            Chosen::Default(provider) => provider.needs_answers(),
+            Chosen::Override(provider) => provider.needs_answers(),
+        }
+    }
+
+    fn retry_forbidden(&self) -> bool {
+        match self {
+            Chosen::Default(provider) => provider.retry_forbidden(),
+            Chosen::Override(provider) => provider.retry_forbidden(),
+        }
+    }
+
+    /// An owned handle, kept by a request whose answer the provider hears about.
+    fn into_owned(self) -> Arc<dyn AuthorizationProvider> {
+        match self {
+            Chosen::Default(provider) => Arc::clone(provider) as Arc<dyn AuthorizationProvider>,
+            Chosen::Override(provider) => provider,
+        }
+    }
+}
+
+fn authority(uri: &http::Uri) -> &str {
+    uri.authority().map_or("", |a| a.as_str())
+}
+
+/// Writes `value` where `Authorization` was looked up, replacing a caller's value that carries
+/// no credentials.
+fn insert(entry: Entry<'_, HeaderValue>, value: HeaderValue) {
+    match entry {
+        Entry::Vacant(vacant) => {
+            vacant.insert(value);
+        }
+        Entry::Occupied(mut occupied) => {
+            occupied.insert(value);
+        }
     }
 }

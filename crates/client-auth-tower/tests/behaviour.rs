@@ -293,11 +293,13 @@ async fn requests_to_other_origins_pass_through_untouched() {
 
 #[tokio::test]
 async fn a_provider_error_means_the_request_is_not_sent() {
-    for gated in [false, true] {
+    // Both the path that can retry and the one of a provider that never recovers.
+    for (gated, recover) in [(false, true), (true, true), (false, false), (true, false)] {
         let server = Server::default();
         let gate = Arc::new(Notify::new());
         let mut fake = Fake::new();
         fake.fail = true;
+        fake.recover = recover;
         if gated {
             fake.gate = Some(Arc::clone(&gate));
             gate.notify_one();
@@ -305,8 +307,14 @@ async fn a_provider_error_means_the_request_is_not_sent() {
         let mut service = Authorize::new(server.service(), fake, origins());
         let error = send(&mut service, get("/v1")).await.unwrap_err();
         let error = error.downcast_ref::<Error>().expect("the provider's error");
-        assert!(matches!(error, Error::NoCredentials), "{error:?}");
-        assert!(server.seen().is_empty(), "gated = {gated}");
+        assert!(
+            matches!(error, Error::NoCredentials),
+            "{error:?}, gated = {gated}, recover = {recover}"
+        );
+        assert!(
+            server.seen().is_empty(),
+            "gated = {gated}, recover = {recover}"
+        );
     }
 }
 
