@@ -1,18 +1,20 @@
 //! The middleware, its builder and the per-request flow.
 
 use std::fmt;
+use std::mem;
 use std::sync::Arc;
 
 use client_auth::adapter::{
-    Plan, ProviderRef, RetrySkipped, credential_accepted, plan_request, rejected, report_retry,
-    report_retry_skipped, report_unauthorized,
+    BoxFuture, Destination, ProviderRef, RetrySkipped, credential_accepted,
+    keeps_caller_authorization, rejected, report_retry, report_retry_skipped, report_unauthorized,
+    report_unauthorized_unanswered, route,
 };
 use client_auth::{
-    AuthorizationProvider, AuthorizeFuture, Error, OriginPolicy, OriginPolicyBuilder, RequestView,
-    Unauthorized,
+    AuthorizationProvider, AuthorizeFuture, Credential, Error, OriginPolicy, OriginPolicyBuilder,
+    RequestView, Unauthorized,
 };
-use http::Extensions;
-use http::header::AUTHORIZATION;
+use http::header::{AUTHORIZATION, Entry};
+use http::{Extensions, HeaderValue, StatusCode};
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
@@ -147,129 +149,272 @@ impl<P> fmt::Debug for AuthorizationMiddlewareBuilder<P> {
     }
 }
 
-#[async_trait::async_trait]
 impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
-    async fn handle(
-        &self,
+    // Written out instead of with `#[async_trait]`: each path boxes only the state it needs,
+    // and a request passed through is handed on without a box of its own.
+    fn handle<'a, 'b, 'c, 'fut>(
+        &'a self,
         mut req: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<Response> {
-        // The plan borrows the request and the extensions; it ends before the request is sent.
+        extensions: &'b mut Extensions,
+        next: Next<'c>,
+    ) -> BoxFuture<'fut, reqwest_middleware::Result<Response>>
+    where
+        'a: 'fut,
+        'b: 'fut,
+        'c: 'fut,
+        Self: 'fut,
+    {
+        let destination = if self.origins.allows_url(req.url().as_str()) {
+            Destination::Allowed
+        } else {
+            Destination::Other
+        };
         // A per-request override provider is taken out of the extensions (a reference count):
         // they are lent to the rest of the chain while the request is on its way.
-        let planned: Option<(AuthorizeFuture, Option<Arc<dyn AuthorizationProvider>>)> = {
+        let provider = match route(&self.provider, &self.origins, extensions, destination) {
+            None => return next.run(req, extensions),
+            Some(ProviderRef::Default(_)) => Chosen::Default(&*self.provider),
+            Some(ProviderRef::Override(other)) => Chosen::Override(Arc::clone(other)),
+        };
+
+        // One lookup of `Authorization` both tells whether the caller set one and, on the
+        // fresh path, is where the credential goes. The headers are held apart from the request
+        // meanwhile, so the provider can look at the rest of it.
+        let mut headers = mem::take(req.headers_mut());
+        let entry = headers.entry(AUTHORIZATION);
+        let caller_set = match &entry {
+            Entry::Occupied(value) => Some(value.get()),
+            Entry::Vacant(_) => None,
+        };
+        if keeps_caller_authorization(caller_set, || req.url().authority()) {
+            *req.headers_mut() = headers;
+            return next.run(req, extensions);
+        }
+        let can_recover = provider.can_recover();
+        let mut authorize = {
             let url = req.url();
-            let view = RequestView::new(
+            provider.authorize(&RequestView::new(
                 req.method(),
                 url.scheme(),
                 url.authority(),
                 url.path(),
                 url.query(),
                 extensions,
-            );
-            let caller_set_authorization = req.headers().get(AUTHORIZATION);
-            match plan_request(
-                &self.provider,
-                &self.origins,
-                &view,
-                caller_set_authorization,
-            ) {
-                Plan::PassThrough => None,
-                Plan::Authorize(provider) => Some((
-                    provider.authorize(&view),
-                    match provider {
-                        ProviderRef::Default(_) => None,
-                        ProviderRef::Override(other) => Some(Arc::clone(other)),
-                    },
-                )),
+            ))
+        };
+
+        // The fresh path of a provider that never recovers: stamped through the entry, sent at
+        // once, and only its answer awaited (no snapshot).
+        let ready = authorize.take_ready();
+        if !can_recover && let Some(Ok(credential)) = ready {
+            let forbidden = provider.retry_forbidden();
+            if !provider.needs_answers() {
+                // Nothing is kept: the value moves into the request when it comes alone.
+                if credential.extra_headers().is_none() {
+                    insert(entry, credential.into_header_value());
+                } else {
+                    insert(entry, credential.header_value().clone());
+                    credential.apply_extra(&mut headers);
+                }
+                *req.headers_mut() = headers;
+                let sent = next.run(req, extensions);
+                return Box::pin(async move {
+                    let response = sent.await?;
+                    let status = response.status();
+                    if status == StatusCode::UNAUTHORIZED
+                        || (forbidden && status == StatusCode::FORBIDDEN)
+                    {
+                        report_unauthorized_unanswered(status);
+                    }
+                    Ok(response)
+                });
             }
+            insert(entry, credential.header_value().clone());
+            credential.apply_extra(&mut headers);
+            *req.headers_mut() = headers;
+            let sent = next.run(req, extensions);
+            return Box::pin(async move {
+                let response = sent.await?;
+                answered_once(
+                    provider.get(),
+                    &credential,
+                    RetrySkipped::CannotRecover,
+                    &response,
+                );
+                Ok(response)
+            });
+        }
+        *req.headers_mut() = headers;
+        let authorize = match ready {
+            Some(result) => AuthorizeFuture::ready(result),
+            None => authorize,
         };
-        let Some((authorize, overridden)) = planned else {
-            return next.run(req, extensions).await;
-        };
-        let provider: &dyn AuthorizationProvider = match &overridden {
-            Some(other) => &**other,
-            None => &*self.provider,
-        };
+        Box::pin(authorize_and_send(
+            provider,
+            authorize,
+            can_recover,
+            req,
+            extensions,
+            next,
+        ))
+    }
+}
 
-        // No credential: the request is not sent.
-        let credential = authorize.await.map_err(middleware_error)?;
+/// The provider that authorizes a request: the middleware's (called without dynamic dispatch),
+/// or a per-request override.
+enum Chosen<'a, P> {
+    Default(&'a P),
+    Override(Arc<dyn AuthorizationProvider>),
+}
 
-        // Only a provider that may answer `Retry` needs the snapshot, taken before the first
-        // send, without the credential. A streaming body cannot be cloned: the request is sent
-        // once and a 401 is returned as is.
-        let can_recover = provider.can_recover();
-        let snapshot = if can_recover { req.try_clone() } else { None };
-        let Some(mut snapshot) = snapshot else {
-            credential.apply(req.headers_mut());
-            let response = next.run(req, extensions).await?;
+impl<P: AuthorizationProvider> Chosen<'_, P> {
+    fn get(&self) -> &dyn AuthorizationProvider {
+        match self {
+            Chosen::Default(provider) => *provider,
+            Chosen::Override(provider) => &**provider,
+        }
+    }
+
+    fn authorize(&self, request: &RequestView<'_>) -> AuthorizeFuture {
+        match self {
+            Chosen::Default(provider) => provider.authorize(request),
+            Chosen::Override(provider) => provider.authorize(request),
+        }
+    }
+
+    fn can_recover(&self) -> bool {
+        match self {
+            Chosen::Default(provider) => provider.can_recover(),
+            Chosen::Override(provider) => provider.can_recover(),
+        }
+    }
+
+    fn needs_answers(&self) -> bool {
+        match self {
+            Chosen::Default(provider) => provider.needs_answers(),
+            Chosen::Override(provider) => provider.needs_answers(),
+        }
+    }
+
+    fn retry_forbidden(&self) -> bool {
+        match self {
+            Chosen::Default(provider) => provider.retry_forbidden(),
+            Chosen::Override(provider) => provider.retry_forbidden(),
+        }
+    }
+}
+
+/// Writes `value` where `Authorization` was looked up, replacing a caller's value that carries
+/// no credentials.
+fn insert(entry: Entry<'_, HeaderValue>, value: HeaderValue) {
+    match entry {
+        Entry::Vacant(vacant) => {
+            vacant.insert(value);
+        }
+        Entry::Occupied(mut occupied) => {
+            occupied.insert(value);
+        }
+    }
+}
+
+/// Tells the provider how the server answered a request sent once with `credential`: a 401 (or
+/// an opted-in 403) is reported as not retried for `skipped`, any answer showing acceptance is
+/// `on_accepted`.
+fn answered_once(
+    provider: &dyn AuthorizationProvider,
+    credential: &Credential,
+    skipped: RetrySkipped,
+    response: &Response,
+) {
+    let status = response.status();
+    if rejected(provider, status) {
+        report_unauthorized(provider);
+        report_retry_skipped(provider, skipped, status);
+    } else if credential_accepted(status) {
+        provider.on_accepted(credential);
+    }
+}
+
+/// Every other path: waits for the credential when a refresh is under way, takes the snapshot
+/// when the provider can recover, sends, and retries a 401 once.
+async fn authorize_and_send<P: AuthorizationProvider>(
+    provider: Chosen<'_, P>,
+    authorize: AuthorizeFuture,
+    can_recover: bool,
+    mut req: Request,
+    extensions: &mut Extensions,
+    next: Next<'_>,
+) -> reqwest_middleware::Result<Response> {
+    let provider = provider.get();
+    // No credential: the request is not sent.
+    let credential = authorize.await.map_err(middleware_error)?;
+
+    // Only a provider that may answer `Retry` needs the snapshot, taken before the first send,
+    // without the credential. A streaming body cannot be cloned: the request is sent once and a
+    // 401 is returned as is.
+    let snapshot = if can_recover { req.try_clone() } else { None };
+    let Some(mut snapshot) = snapshot else {
+        credential.apply(req.headers_mut());
+        let response = next.run(req, extensions).await?;
+        let skipped = if can_recover {
+            RetrySkipped::BodyNotCloneable
+        } else {
+            RetrySkipped::CannotRecover
+        };
+        answered_once(provider, &credential, skipped, &response);
+        return Ok(response);
+    };
+    credential.apply(req.headers_mut());
+
+    let retry_next = next.clone();
+    let response = next.run(req, extensions).await?;
+    let status = response.status();
+    if !rejected(provider, status) {
+        if credential_accepted(status) {
+            provider.on_accepted(&credential);
+        }
+        return Ok(response);
+    }
+    report_unauthorized(provider);
+
+    // reqwest follows redirects inside the client: a 401 that came from another origin
+    // answered a request that carried no credential of ours, so it is not ours to retry.
+    let (sent, answered) = (snapshot.url(), response.url());
+    if !OriginPolicy::same_origin(
+        (sent.scheme(), sent.authority()),
+        (answered.scheme(), answered.authority()),
+    ) {
+        report_retry_skipped(provider, RetrySkipped::ForeignOrigin, status);
+        return Ok(response);
+    }
+
+    match provider
+        .on_unauthorized(&credential, status, response.headers())
+        .await
+    {
+        Ok(Unauthorized::Retry(fresh)) => {
+            report_retry(provider, &credential, &fresh);
+            drop(response);
+            fresh.apply(snapshot.headers_mut());
+            // The retry's answer is returned whatever it is; anything but a 401 means the new
+            // credential was accepted.
+            let response = retry_next.run(snapshot, extensions).await?;
             let status = response.status();
             if rejected(provider, status) {
                 report_unauthorized(provider);
-                let skipped = if can_recover {
-                    RetrySkipped::BodyNotCloneable
-                } else {
-                    RetrySkipped::CannotRecover
-                };
-                report_retry_skipped(provider, skipped, status);
+                report_retry_skipped(provider, RetrySkipped::AlreadyRetried, status);
             } else if credential_accepted(status) {
-                provider.on_accepted(&credential);
+                provider.on_accepted(&fresh);
             }
-            return Ok(response);
-        };
-        credential.apply(req.headers_mut());
-
-        let retry_next = next.clone();
-        let response = next.run(req, extensions).await?;
-        let status = response.status();
-        if !rejected(provider, status) {
-            if credential_accepted(status) {
-                provider.on_accepted(&credential);
-            }
-            return Ok(response);
+            Ok(response)
         }
-        report_unauthorized(provider);
-
-        // reqwest follows redirects inside the client: a 401 that came from another origin
-        // answered a request that carried no credential of ours, so it is not ours to retry.
-        let (sent, answered) = (snapshot.url(), response.url());
-        if !OriginPolicy::same_origin(
-            (sent.scheme(), sent.authority()),
-            (answered.scheme(), answered.authority()),
-        ) {
-            report_retry_skipped(provider, RetrySkipped::ForeignOrigin, status);
-            return Ok(response);
+        Ok(_) => {
+            report_retry_skipped(provider, RetrySkipped::Declined, status);
+            Ok(response)
         }
-
-        match provider
-            .on_unauthorized(&credential, status, response.headers())
-            .await
-        {
-            Ok(Unauthorized::Retry(fresh)) => {
-                report_retry(provider, &credential, &fresh);
-                drop(response);
-                fresh.apply(snapshot.headers_mut());
-                // The retry's answer is returned whatever it is; anything but a 401 means the
-                // new credential was accepted.
-                let response = retry_next.run(snapshot, extensions).await?;
-                let status = response.status();
-                if rejected(provider, status) {
-                    report_unauthorized(provider);
-                    report_retry_skipped(provider, RetrySkipped::AlreadyRetried, status);
-                } else if credential_accepted(status) {
-                    provider.on_accepted(&fresh);
-                }
-                Ok(response)
-            }
-            Ok(_) => {
-                report_retry_skipped(provider, RetrySkipped::Declined, status);
-                Ok(response)
-            }
-            Err(error) => {
-                report_retry_skipped(provider, RetrySkipped::SessionEnded, status);
-                Err(middleware_error(error))
-            }
+        Err(error) => {
+            report_retry_skipped(provider, RetrySkipped::SessionEnded, status);
+            Err(middleware_error(error))
         }
     }
 }

@@ -620,25 +620,36 @@ fn the_middleware_is_clone_and_debug_without_the_provider_being_so() {
 
 #[tokio::test]
 async fn a_provider_error_means_the_request_is_not_sent() {
-    struct Nothing;
+    /// Fails at once; `recover` is what it says of itself (both adapter paths).
+    struct Nothing {
+        recover: bool,
+    }
     impl AuthorizationProvider for Nothing {
         fn authorize(&self, _: &client_auth::RequestView<'_>) -> client_auth::AuthorizeFuture {
             client_auth::AuthorizeFuture::ready(Err(client_auth::Error::NoCredentials))
         }
+        fn can_recover(&self) -> bool {
+            self.recover
+        }
     }
-    let server = TestServer::start().await.unwrap();
-    let client = client(middleware_for(&server, Nothing));
+    for recover in [true, false] {
+        let server = TestServer::start().await.unwrap();
+        let client = client(middleware_for(&server, Nothing { recover }));
 
-    let error = client.get(server.resource_url()).send().await.unwrap_err();
+        let error = client.get(server.resource_url()).send().await.unwrap_err();
 
-    let reqwest_middleware::Error::Middleware(inner) = &error else {
-        panic!("a middleware error expected, got {error:?}");
-    };
-    assert!(matches!(
-        inner.downcast_ref::<client_auth::Error>(),
-        Some(client_auth::Error::NoCredentials)
-    ));
-    assert!(server.seen_requests().is_empty());
+        let reqwest_middleware::Error::Middleware(inner) = &error else {
+            panic!("a middleware error expected, got {error:?}");
+        };
+        assert!(
+            matches!(
+                inner.downcast_ref::<client_auth::Error>(),
+                Some(client_auth::Error::NoCredentials)
+            ),
+            "recover = {recover}: {inner:?}"
+        );
+        assert!(server.seen_requests().is_empty());
+    }
 }
 
 // ---- acceptance reports ----------------------------------------------------------------------
