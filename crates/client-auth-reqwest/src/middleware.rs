@@ -177,6 +177,10 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
             Some(ProviderRef::Override(other)) => Chosen::Override(Arc::clone(other)),
         };
 
+        if provider.can_recover() {
+            return handle_recoverable(provider, req, extensions, next);
+        }
+
         // One lookup of `Authorization` both tells whether the caller set one and, on the
         // fresh path, is where the credential goes. The headers are held apart from the request
         // meanwhile, so the provider can look at the rest of it.
@@ -190,7 +194,6 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
             *req.headers_mut() = headers;
             return next.run(req, extensions);
         }
-        let can_recover = provider.can_recover();
         let mut authorize = {
             let url = req.url();
             provider.authorize(&RequestView::new(
@@ -206,7 +209,7 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
         // The fresh path of a provider that never recovers: stamped through the entry, sent at
         // once, and only its answer awaited (no snapshot).
         let ready = authorize.take_ready();
-        if !can_recover && let Some(Ok(credential)) = ready {
+        if let Some(Ok(credential)) = ready {
             let forbidden = provider.retry_forbidden();
             if !provider.needs_answers() {
                 // Nothing is kept: the value moves into the request when it comes alone.
@@ -250,14 +253,74 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
             None => authorize,
         };
         Box::pin(authorize_and_send(
-            provider,
-            authorize,
-            can_recover,
-            req,
-            extensions,
-            next,
+            provider, authorize, false, req, extensions, next,
         ))
     }
+}
+
+/// `handle` for a provider that can recover from a 401: the request is copied before it is
+/// stamped, for the one retry.
+fn handle_recoverable<'fut, P: AuthorizationProvider>(
+    provider: Chosen<'fut, P>,
+    mut req: Request,
+    extensions: &'fut mut Extensions,
+    next: Next<'fut>,
+) -> BoxFuture<'fut, reqwest_middleware::Result<Response>> {
+    if keeps_caller_authorization(req.headers().get(AUTHORIZATION), || req.url().authority()) {
+        return next.run(req, extensions);
+    }
+    let mut authorize = {
+        let url = req.url();
+        provider.authorize(&RequestView::new(
+            req.method(),
+            url.scheme(),
+            url.authority(),
+            url.path(),
+            url.query(),
+            extensions,
+        ))
+    };
+    // The fresh path: the snapshot is taken and the request stamped here, so the future holds
+    // only what the send and the retry need.
+    let ready = authorize.take_ready();
+    if let Some(Ok(credential)) = ready {
+        let Some(snapshot) = req.try_clone() else {
+            // A streaming body cannot be cloned: the request is sent once and a 401 is
+            // returned as is.
+            credential.apply(req.headers_mut());
+            let sent = next.run(req, extensions);
+            return Box::pin(async move {
+                let response = sent.await?;
+                let skipped = RetrySkipped::BodyNotCloneable;
+                answered_once(provider.get(), &credential, skipped, &response);
+                Ok(response)
+            });
+        };
+        credential.apply(req.headers_mut());
+        return Box::pin(async move {
+            let retry_next = next.clone();
+            let response = next.run(req, extensions).await?;
+            let provider = provider.get();
+            let status = response.status();
+            if !rejected(provider, status) {
+                if credential_accepted(status) {
+                    provider.on_accepted(&credential);
+                }
+                return Ok(response);
+            }
+            let retry: BoxFuture<'_, _> = Box::pin(after_401(
+                provider, credential, snapshot, response, retry_next, extensions,
+            ));
+            retry.await
+        });
+    }
+    let authorize = match ready {
+        Some(result) => AuthorizeFuture::ready(result),
+        None => authorize,
+    };
+    Box::pin(authorize_and_send(
+        provider, authorize, true, req, extensions, next,
+    ))
 }
 
 /// The provider that authorizes a request: the middleware's (called without dynamic dispatch),
@@ -353,7 +416,7 @@ async fn authorize_and_send<P: AuthorizationProvider>(
     // without the credential. A streaming body cannot be cloned: the request is sent once and a
     // 401 is returned as is.
     let snapshot = if can_recover { req.try_clone() } else { None };
-    let Some(mut snapshot) = snapshot else {
+    let Some(snapshot) = snapshot else {
         credential.apply(req.headers_mut());
         let response = next.run(req, extensions).await?;
         let skipped = if can_recover {
@@ -368,6 +431,23 @@ async fn authorize_and_send<P: AuthorizationProvider>(
 
     let retry_next = next.clone();
     let response = next.run(req, extensions).await?;
+    answered_armed(
+        provider, credential, snapshot, response, retry_next, extensions,
+    )
+    .await
+}
+
+/// The answer to a request sent with `credential` whose `snapshot` was taken: reported as
+/// accepted, or a 401 retried once with the provider's new credential (in a future of its own,
+/// boxed only then, so that the future of every request stays small).
+async fn answered_armed(
+    provider: &dyn AuthorizationProvider,
+    credential: Credential,
+    snapshot: Request,
+    response: Response,
+    retry_next: Next<'_>,
+    extensions: &mut Extensions,
+) -> reqwest_middleware::Result<Response> {
     let status = response.status();
     if !rejected(provider, status) {
         if credential_accepted(status) {
@@ -375,6 +455,23 @@ async fn authorize_and_send<P: AuthorizationProvider>(
         }
         return Ok(response);
     }
+    let retry: BoxFuture<'_, _> = Box::pin(after_401(
+        provider, credential, snapshot, response, retry_next, extensions,
+    ));
+    retry.await
+}
+
+/// A 401 to a request sent with `credential`: the provider decides, and the `snapshot` is sent
+/// once more with its new credential.
+async fn after_401(
+    provider: &dyn AuthorizationProvider,
+    credential: Credential,
+    mut snapshot: Request,
+    response: Response,
+    retry_next: Next<'_>,
+    extensions: &mut Extensions,
+) -> reqwest_middleware::Result<Response> {
+    let status = response.status();
     report_unauthorized(provider);
 
     // reqwest follows redirects inside the client: a 401 that came from another origin
