@@ -5,11 +5,14 @@
 //!   `A_none` (no layer), `B_tower_http` (tower-http `AddAuthorization`, bearer, sensitive),
 //!   `C_static` (ours, static key), `D_oauth_no_retry` (ours, a fresh cached OAuth token, 401
 //!   retry off), `E_oauth_retry` (the same with the retry armed: the request snapshot is
-//!   taken), and `A_plus_clone` (`A` plus one clone of the request, for the cost of a clone).
+//!   taken), `F_oauth_dpop` (`E` with a DPoP-bound token: a new proof signed per request), and
+//!   `A_plus_clone` (`A` plus one clone of the request, for the cost of a clone).
 //! - `reqwest_hot_path/*`: reqwest-middleware with a last middleware that answers a canned
 //!   `http::Response` converted with `reqwest::Response::from` (no socket): `none`,
 //!   `fixed_header` (a middleware setting a fixed `Authorization`), `ours_static`,
-//!   `ours_oauth` (fresh cached OAuth token, retry armed).
+//!   `ours_oauth_no_retry`, `ours_oauth` (fresh cached OAuth token, retry armed), `ours_dpop`
+//!   (`ours_oauth` with a DPoP-bound token), and `none_plus_clone` (`none` plus one
+//!   `reqwest::Request::try_clone`, the snapshot the armed retry takes).
 //! - `tower_scaling/<variant>/<tasks>` and `reqwest_scaling/<variant>/<tasks>`: the same on a
 //!   2-worker tokio runtime with 1, 2 and 16 tasks sending at once; the time is wall time per
 //!   request (total wall time / requests), so compare ratios, not absolute times.
@@ -44,8 +47,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use client_auth::adapter::BoxFuture;
 use client_auth::{
-    AuthorizationProvider, AuthorizeFuture, Error, OAuthProvider, RequestView, StaticToken,
-    TokenTransport,
+    AuthorizationProvider, AuthorizeFuture, DpopKey, Error, OAuthProvider, RequestView,
+    StaticToken, TokenTransport,
 };
 use client_auth_reqwest::AuthorizationMiddleware;
 use client_auth_tower::AuthorizeLayer;
@@ -111,7 +114,52 @@ fn oauth() -> OAuthProvider {
         .unwrap()
 }
 
-/// Variant D: the OAuth provider with the 401 retry off, through the trait's own switch.
+/// The token endpoint of the DPoP variants, answered without a socket: a DPoP-bound token for
+/// a day.
+#[derive(Debug)]
+struct DpopTokenEndpoint;
+
+impl TokenTransport for DpopTokenEndpoint {
+    fn send(
+        &self,
+        _request: http::Request<Bytes>,
+        _max_body: usize,
+    ) -> BoxFuture<'static, Result<http::Response<Bytes>, Error>> {
+        let body =
+            format!(r#"{{"access_token":"{TOKEN}","token_type":"DPoP","expires_in":86400}}"#);
+        Box::pin(async move {
+            let mut response = http::Response::new(Bytes::from(body));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Ok(response)
+        })
+    }
+}
+
+/// An OAuth provider with a DPoP key holding a fresh DPoP-bound access token (one refresh
+/// through `DpopTokenEndpoint` at start): every request it authorizes gets a new proof.
+fn dpop_oauth() -> OAuthProvider {
+    let provider = OAuthProvider::refresh_token_grant("https://auth.example.com/oauth/token")
+        .client_id("bench-client")
+        .client_secret("bench-secret")
+        .refresh_token("bench-refresh-token")
+        .dpop(DpopKey::generate().unwrap())
+        .transport(std::sync::Arc::new(DpopTokenEndpoint))
+        .build()
+        .unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(provider.access_token())
+        .unwrap();
+    provider
+}
+
+/// Variant D: the OAuth provider with the 401 retry off, through the trait's own switch. It
+/// still hears every answer (`on_accepted`), as the OAuth provider does, so that `E - D` is
+/// the retry's cost alone.
 struct NoRetry<P>(P);
 
 impl<P: AuthorizationProvider> AuthorizationProvider for NoRetry<P> {
@@ -120,6 +168,15 @@ impl<P: AuthorizationProvider> AuthorizationProvider for NoRetry<P> {
     }
     fn can_recover(&self) -> bool {
         false
+    }
+    fn on_accepted(&self, credential: &client_auth::Credential) {
+        self.0.on_accepted(credential);
+    }
+    fn retry_forbidden(&self) -> bool {
+        self.0.retry_forbidden()
+    }
+    fn metrics_name(&self) -> &str {
+        self.0.metrics_name()
     }
 }
 
@@ -134,8 +191,12 @@ fn noop(
 {
     tower::service_fn(move |request: Req| {
         let mut response = Response::new(());
-        if echo && let Some(value) = request.headers().get(AUTHORIZATION) {
-            response.headers_mut().insert(AUTHORIZATION, value.clone());
+        if echo {
+            for name in [AUTHORIZATION, HeaderName::from_static("dpop")] {
+                if let Some(value) = request.headers().get(&name) {
+                    response.headers_mut().insert(name, value.clone());
+                }
+            }
         }
         std::future::ready(Ok(response))
     })
@@ -190,6 +251,7 @@ macro_rules! with_tower_variants {
         $f("C_static", layer(StaticToken::api_key(API_KEY).unwrap()).layer(noop($echo)), false $(, $arg)*);
         $f("D_oauth_no_retry", layer(NoRetry(oauth())).layer(noop($echo)), false $(, $arg)*);
         $f("E_oauth_retry", layer(oauth()).layer(noop($echo)), false $(, $arg)*);
+        $f("F_oauth_dpop", layer(dpop_oauth()).layer(noop($echo)), false $(, $arg)*);
         $f("A_plus_clone", noop($echo), true $(, $arg)*);
     }};
 }
@@ -293,10 +355,12 @@ impl Middleware for Canned {
         Self: 'fut,
     {
         let mut response = http::Response::new(reqwest::Body::from(Bytes::from_static(b"{}")));
-        if self.echo
-            && let Some(value) = request.headers().get(AUTHORIZATION)
-        {
-            response.headers_mut().insert(AUTHORIZATION, value.clone());
+        if self.echo {
+            for name in [AUTHORIZATION, HeaderName::from_static("dpop")] {
+                if let Some(value) = request.headers().get(&name) {
+                    response.headers_mut().insert(name, value.clone());
+                }
+            }
         }
         drop(request);
         Box::pin(async { Ok(reqwest::Response::from(response)) })
@@ -338,32 +402,69 @@ fn reqwest_client(
     builder.with(Canned { echo }).build()
 }
 
-fn reqwest_variants(echo: bool) -> Vec<(&'static str, ClientWithMiddleware)> {
-    let mut fixed = HeaderValue::try_from(format!("Bearer {TOKEN}")).unwrap();
-    fixed.set_sensitive(true);
-    let ours_static = AuthorizationMiddleware::builder(StaticToken::api_key(API_KEY).unwrap())
+/// A reqwest variant: its id, its client, and whether each request is also copied once with
+/// `try_clone` (the `none_plus_clone` baseline).
+struct ReqwestVariant {
+    id: &'static str,
+    client: ClientWithMiddleware,
+    extra_clone: bool,
+}
+
+fn ours<P: AuthorizationProvider>(provider: P) -> Option<std::sync::Arc<dyn Middleware>> {
+    let middleware = AuthorizationMiddleware::builder(provider)
         .allow_origin(ORIGIN)
         .build()
         .unwrap();
-    let ours_oauth = AuthorizationMiddleware::builder(oauth())
-        .allow_origin(ORIGIN)
-        .build()
-        .unwrap();
-    vec![
-        ("none", reqwest_client(None, echo)),
-        (
-            "fixed_header",
-            reqwest_client(Some(std::sync::Arc::new(FixedHeader(fixed))), echo),
-        ),
-        (
-            "ours_static",
-            reqwest_client(Some(std::sync::Arc::new(ours_static)), echo),
-        ),
-        (
-            "ours_oauth",
-            reqwest_client(Some(std::sync::Arc::new(ours_oauth)), echo),
-        ),
-    ]
+    Some(std::sync::Arc::new(middleware))
+}
+
+/// The reqwest variants, in the order of the tables.
+const REQWEST_IDS: [&str; 7] = [
+    "none",
+    "fixed_header",
+    "ours_static",
+    "ours_oauth_no_retry",
+    "ours_oauth",
+    "ours_dpop",
+    "none_plus_clone",
+];
+
+/// One reqwest variant, built alone: a DPoP key's generation (aws-lc's jitter entropy, whose
+/// instruction count varies from run to run) happens only for the DPoP variant.
+fn reqwest_variant(id: &'static str, echo: bool) -> ReqwestVariant {
+    let (first, extra_clone): (Option<std::sync::Arc<dyn Middleware>>, bool) = match id {
+        "none" => (None, false),
+        "fixed_header" => {
+            let mut fixed = HeaderValue::try_from(format!("Bearer {TOKEN}")).unwrap();
+            fixed.set_sensitive(true);
+            (Some(std::sync::Arc::new(FixedHeader(fixed))), false)
+        }
+        "ours_static" => (ours(StaticToken::api_key(API_KEY).unwrap()), false),
+        "ours_oauth_no_retry" => (ours(NoRetry(oauth())), false),
+        "ours_oauth" => (ours(oauth()), false),
+        "ours_dpop" => (ours(dpop_oauth()), false),
+        "none_plus_clone" => (None, true),
+        other => panic!("unknown variant {other}"),
+    };
+    ReqwestVariant {
+        id,
+        client: reqwest_client(first, echo),
+        extra_clone,
+    }
+}
+
+fn reqwest_variants(echo: bool) -> impl Iterator<Item = ReqwestVariant> {
+    REQWEST_IDS
+        .into_iter()
+        .map(move |id| reqwest_variant(id, echo))
+}
+
+/// One request of a reqwest variant, on this thread.
+fn reqwest_send(variant: &ReqwestVariant, request: reqwest::Request) -> reqwest::Response {
+    if variant.extra_clone {
+        black_box(request.try_clone().unwrap());
+    }
+    now_or_never(variant.client.execute(request)).unwrap()
 }
 
 fn reqwest_request(client: &ClientWithMiddleware) -> reqwest::Request {
@@ -388,12 +489,12 @@ fn tower_hot_path(c: &mut Criterion) {
 
 fn reqwest_hot_path(c: &mut Criterion) {
     let mut group = c.benchmark_group("reqwest_hot_path");
-    for (id, client) in reqwest_variants(false) {
-        let template = reqwest_request(&client);
-        group.bench_function(id, |b| {
+    for variant in reqwest_variants(false) {
+        let template = reqwest_request(&variant.client);
+        group.bench_function(variant.id, |b| {
             b.iter_batched(
                 || template.try_clone().unwrap(),
-                |request| now_or_never(client.execute(request)).unwrap(),
+                |request| reqwest_send(&variant, request),
                 BatchSize::SmallInput,
             )
         });
@@ -419,7 +520,8 @@ fn tower_scaling(c: &mut Criterion) {
 fn reqwest_scaling(c: &mut Criterion) {
     let runtime = runtime();
     let mut group = c.benchmark_group("reqwest_scaling");
-    for (id, client) in reqwest_variants(false) {
+    for variant in reqwest_variants(false) {
+        let (id, client, extra_clone) = (variant.id, variant.client, variant.extra_clone);
         for tasks in TASK_COUNTS {
             group.bench_with_input(BenchmarkId::new(id, tasks), &tasks, |b, &tasks| {
                 b.iter_custom(|iters| {
@@ -429,6 +531,9 @@ fn reqwest_scaling(c: &mut Criterion) {
                             let template = reqwest_request(&client);
                             for _ in 0..iters {
                                 let request = template.try_clone().unwrap();
+                                if extra_clone {
+                                    black_box(request.try_clone().unwrap());
+                                }
                                 black_box(client.execute(request).await.unwrap());
                             }
                         }
@@ -448,8 +553,9 @@ fn reqwest_scaling(c: &mut Criterion) {
 fn check_variants() {
     fn expected(id: &str) -> Option<String> {
         match id {
-            "A_none" | "A_plus_clone" | "none" => None,
+            "A_none" | "A_plus_clone" | "none" | "none_plus_clone" => None,
             "C_static" | "ours_static" => Some(format!("Token {API_KEY}")),
+            "F_oauth_dpop" | "ours_dpop" => Some(format!("DPoP {TOKEN}")),
             _ => Some(format!("Bearer {TOKEN}")),
         }
     }
@@ -471,11 +577,22 @@ fn check_variants() {
     {
         let response = drive(&mut service, request());
         check(id, response.headers().get(AUTHORIZATION));
+        assert_eq!(
+            response.headers().contains_key("dpop"),
+            id == "F_oauth_dpop",
+            "{id}: a DPoP proof exactly with the DPoP-bound token"
+        );
     }
     with_tower_variants!(true, check_tower);
-    for (id, client) in reqwest_variants(true) {
-        let response = now_or_never(client.execute(reqwest_request(&client))).unwrap();
-        check(id, response.headers().get(AUTHORIZATION));
+    for variant in reqwest_variants(true) {
+        let response = reqwest_send(&variant, reqwest_request(&variant.client));
+        check(variant.id, response.headers().get(AUTHORIZATION));
+        assert_eq!(
+            response.headers().contains_key("dpop"),
+            variant.id == "ours_dpop",
+            "{}: a DPoP proof exactly with the DPoP-bound token",
+            variant.id
+        );
     }
 }
 
@@ -519,16 +636,18 @@ fn count_allocations(spec: &str) {
         ),
         "D_oauth_no_retry" => tower_variant!(layer(NoRetry(oauth())).layer(noop(false)), false),
         "E_oauth_retry" => tower_variant!(layer(oauth()).layer(noop(false)), false),
+        "F_oauth_dpop" => tower_variant!(layer(dpop_oauth()).layer(noop(false)), false),
         "A_plus_clone" => tower_variant!(noop(false), true),
-        reqwest_variant => {
-            let (_, client) = reqwest_variants(false)
+        other => {
+            let id = REQWEST_IDS
                 .into_iter()
-                .find(|(id, _)| *id == reqwest_variant)
-                .unwrap_or_else(|| panic!("unknown variant {reqwest_variant}"));
-            let template = reqwest_request(&client);
+                .find(|id| *id == other)
+                .unwrap_or_else(|| panic!("unknown variant {other}"));
+            let variant = reqwest_variant(id, false);
+            let template = reqwest_request(&variant.client);
             for _ in 0..16 + n {
                 let request = template.try_clone().unwrap();
-                black_box(now_or_never(client.execute(request)).unwrap());
+                black_box(reqwest_send(&variant, request));
             }
         }
     }
