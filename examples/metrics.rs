@@ -7,7 +7,7 @@
 //! 3. a revoked access token: 401, refresh, one retry;
 //! 4. a revoked grant: the session ends.
 //!
-//! Run it with `cargo run --example metrics`. It lives in a package of its own
+//! Run it with `cargo run -p client-auth-example-metrics --example metrics`. It lives in a package of its own
 //! (`examples/metrics/Cargo.toml`), so `cargo run --example quickstart` never compiles the
 //! Prometheus exporter.
 

@@ -5,7 +5,7 @@
 //! ```
 //! use client_auth_reqwest::AuthorizationMiddleware;
 //! use client_auth_reqwest::client_auth::StaticToken;
-//! use client_auth_reqwest::reqwest_middleware::{ClientBuilder, reqwest};
+//! use client_auth_reqwest::reqwest_middleware::ClientBuilder;
 //!
 //! # fn main() -> Result<(), client_auth_reqwest::client_auth::Error> {
 //! let client = ClientBuilder::new(reqwest::Client::new())
@@ -90,7 +90,7 @@
 //!
 //! use client_auth_reqwest::{AuthorizationControl, AuthorizationMiddleware};
 //! use client_auth_reqwest::client_auth::{AuthorizationProvider, StaticToken};
-//! use client_auth_reqwest::reqwest_middleware::{ClientBuilder, reqwest};
+//! use client_auth_reqwest::reqwest_middleware::ClientBuilder;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let client = ClientBuilder::new(reqwest::Client::new())
@@ -130,7 +130,7 @@
 //!
 //! ```
 //! use client_auth_reqwest::client_auth::{CustomerToken, Error};
-//! use client_auth_reqwest::reqwest_middleware::{ClientBuilder, reqwest};
+//! use client_auth_reqwest::reqwest_middleware::ClientBuilder;
 //! use client_auth_reqwest::{AuthorizationMiddleware, auth_error};
 //!
 //! # #[tokio::main(flavor = "current_thread")]

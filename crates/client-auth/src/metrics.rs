@@ -5,12 +5,12 @@
 //! your application; with feature `metrics` on, the providers, both adapters (their feature
 //! `metrics`) and the stores (`RedisStore`'s feature `metrics`, and `FileStore`) record into it.
 //! Optionally call [`describe`] once after installing it, so that the exporter has each
-//! metric's unit and help text. `cargo run --example metrics` prints a Prometheus scrape of the
+//! metric's unit and help text. `cargo run -p client-auth-example-metrics --example metrics` prints a Prometheus scrape of the
 //! quickstart's scenario.
 //!
 //! | metric | type | labels | recorded when |
 //! |---|---|---|---|
-//! | `client_auth_token_requests_total` | counter | `provider`, `grant`, `outcome` | a refresh asked the token endpoint for tokens (a refresh that adopted another process's tokens from a shared store asks nothing) |
+//! | `client_auth_token_requests_total` | counter | `provider`, `grant`, `outcome` | a refresh asked the token endpoint for tokens: one per exchange, a DPoP nonce retry inside it included, and one whose assertion could not be read before sending (outcome `configuration`); a refresh that adopted another process's tokens from a shared store asks nothing |
 //! | `client_auth_token_request_duration_seconds` | histogram | `provider`, `grant`, `outcome` | the same, its latency: from the request to the parsed answer |
 //! | `client_auth_refresh_waits_total` | counter | `provider`, `grant` | a request (or `access_token()`) had no usable token and waited for the refresh in flight |
 //! | `client_auth_refresh_wait_seconds` | histogram | `provider`, `grant` | the same, how long it waited |

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
-use client_auth::{Clock, Error, ManualClock, MemoryStore, OAuthProvider, TokenTransport};
 use client_auth::adapter::{BoxFuture, parse_challenges};
+use client_auth::{Clock, Error, ManualClock, MemoryStore, OAuthProvider, TokenTransport};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 

@@ -115,6 +115,9 @@ struct State {
     /// A session operation could not write the store: it may still hold tokens from before
     /// that operation, so nothing is adopted from it until a write succeeds.
     store_stale: bool,
+    /// The span of the refresh in flight (or the last one): it is linked to every request that
+    /// starts or waits for it, so a slow request leads to the token call that held it.
+    refresh_span: Option<tracing::Span>,
 }
 
 /// The state behind an `OAuthProvider`.
@@ -426,6 +429,7 @@ impl Engine {
             return Err(e.clone());
         }
         if let Some(waiter) = self.flight.current() {
+            follow_refresh(&st);
             return Ok(Join::Wait(waiter));
         }
         let current = self.current.load_full();
@@ -456,8 +460,23 @@ impl Engine {
     ) -> Result<Waiter<Outcome>, Error> {
         let epoch = st.epoch;
         let engine = Arc::clone(self);
-        self.flight
-            .join_or_start(move |done| engine.run_refresh(done, epoch, known))
+        // Made here, in the caller's context, so the caller's span can follow from it.
+        let span = tracing::info_span!(
+            parent: None,
+            "client_auth.refresh",
+            provider = self.config.metrics.name(),
+            grant = self.config.grant.name(),
+            namespace = %self.config.namespace,
+            outcome = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+            generation = tracing::field::Empty,
+        );
+        st.refresh_span = Some(span.clone());
+        let waiter = self
+            .flight
+            .join_or_start(move |done| engine.run_refresh(done, epoch, known, span))?;
+        follow_refresh(st);
+        Ok(waiter)
     }
 
     async fn run_refresh(
@@ -465,17 +484,8 @@ impl Engine {
         done: Completion<Outcome>,
         epoch: u64,
         known: Option<Arc<Cached>>,
+        span: tracing::Span,
     ) {
-        let grant = self.config.grant.name();
-        let span = tracing::info_span!(
-            "client_auth.refresh",
-            provider = "oauth",
-            grant,
-            namespace = %self.config.namespace,
-            outcome = tracing::field::Empty,
-            duration_ms = tracing::field::Empty,
-            generation = tracing::field::Empty,
-        );
         let started = self.clock.now();
         let outcome = match self
             .refresh(epoch, known.as_deref(), &done)
@@ -1011,6 +1021,11 @@ impl Engine {
         loop {
             let mut request = self.config.token_request(refresh_token, &inputs)?;
             self.prove_token_request(&mut request, nonce.as_deref())?;
+            inputs.proof = request
+                .headers()
+                .get("dpop")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let (parts, body) = self
                 .send(request, refresh_token)
                 .await
@@ -1268,7 +1283,10 @@ impl Engine {
             return UnauthorizedFuture::ready(Ok(Unauthorized::Retry(cached.credential.clone())));
         }
         let waiter = match self.flight.current() {
-            Some(waiter) => waiter,
+            Some(waiter) => {
+                follow_refresh(&st);
+                waiter
+            }
             None => {
                 if st.backoff.as_ref().is_some_and(|(until, _)| now < *until) {
                     tracing::debug!("401 returned unchanged: token refreshes are backing off");
@@ -1530,6 +1548,14 @@ impl Engine {
                 "the tokens could not be written to the store; they are used from memory",
             )),
         })
+    }
+}
+
+/// Links the refresh in flight to the caller's span (the request that started it or waits for
+/// it), so that a trace leads from a slow request to the token call that held it.
+fn follow_refresh(st: &State) {
+    if let Some(refresh) = &st.refresh_span {
+        refresh.follows_from(tracing::Span::current());
     }
 }
 

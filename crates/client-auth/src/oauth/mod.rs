@@ -372,6 +372,7 @@ impl Config {
             grant_assertion,
             client_assertion,
             claims: None,
+            proof: None,
         })
     }
 }
@@ -389,11 +390,13 @@ pub(crate) struct Inputs {
     pub(crate) client_assertion: Option<SecretString>,
     /// A claims challenge's `claims` (the decoded JSON), for one token request.
     pub(crate) claims: Option<String>,
+    /// The DPoP proof the last send carried: a server may echo it.
+    pub(crate) proof: Option<String>,
 }
 
 impl Inputs {
     /// The secrets these inputs hold, to remove from any error text.
-    pub(crate) fn secrets(&self) -> [&str; 2] {
+    pub(crate) fn secrets(&self) -> [&str; 3] {
         [
             self.grant_assertion
                 .as_ref()
@@ -401,6 +404,7 @@ impl Inputs {
             self.client_assertion
                 .as_ref()
                 .map_or("", SecretString::expose_secret),
+            self.proof.as_deref().unwrap_or(""),
         ]
     }
 }

@@ -9,8 +9,8 @@ use http::{HeaderMap, StatusCode};
 use super::{GrantKind, OAuthProvider, OAuthProviderBuilder, TransportChoice};
 use crate::error::Error;
 use crate::provider::{
-    AuthorizationProvider, AuthorizeFuture, Credential, ProviderFuture, RequestView,
-    Unauthorized, UnauthorizedFuture,
+    AuthorizationProvider, AuthorizeFuture, Credential, ProviderFuture, RequestView, Unauthorized,
+    UnauthorizedFuture,
 };
 
 /// What a token is for: its scopes, resource (RFC 8707), audience and any other token-request
@@ -76,10 +76,7 @@ impl TokenTarget {
             feed(4, Some(name));
             feed(5, Some(value));
         }
-        hash.finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -308,7 +305,7 @@ impl AuthorizationProvider for PerTargetProvider {
     }
 }
 
-impl<T: TransportChoice + Clone + Send + Sync + 'static> PerTargetProviderBuilder<T> {
+impl<T> PerTargetProviderBuilder<T> {
     /// Derives the target of a request that carries none in its extensions (default: the
     /// template's own target for every request).
     pub fn select(
@@ -332,7 +329,10 @@ impl<T: TransportChoice + Clone + Send + Sync + 'static> PerTargetProviderBuilde
     ///
     /// [`Error::Config`] for a template with the `refresh_token` grant, or the template's own
     /// build error.
-    pub fn build(self) -> Result<PerTargetProvider, Error> {
+    pub fn build(self) -> Result<PerTargetProvider, Error>
+    where
+        T: TransportChoice + Clone + Send + Sync + 'static,
+    {
         if self.template.grant == GrantKind::RefreshToken {
             return Err(Error::Config(
                 "tokens per target need a grant without a refresh token (client_credentials, \

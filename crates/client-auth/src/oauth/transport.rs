@@ -129,6 +129,18 @@ mod reqwest_transport {
         }
     }
 
+    /// Whether `error` or one of its causes says `text`.
+    fn cause_says(error: &(dyn std::error::Error + 'static), text: &str) -> bool {
+        let mut cause = Some(error);
+        while let Some(e) = cause {
+            if e.to_string().contains(text) {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+
     fn transport_error(e: reqwest::Error) -> Error {
         let kind = if e.is_timeout() {
             TransportErrorKind::Timeout
@@ -148,8 +160,20 @@ mod reqwest_transport {
         ) -> BoxFuture<'static, Result<http::Response<Bytes>, Error>> {
             let client = self.client.clone();
             Box::pin(async move {
+                let https = request.uri().scheme_str() == Some("https");
                 let request = reqwest::Request::try_from(request).map_err(transport_error)?;
-                let mut response = client.execute(request).await.map_err(transport_error)?;
+                let mut response = client.execute(request).await.map_err(|e| {
+                    // A reqwest built without a TLS backend refuses https before connecting:
+                    // that is this build's configuration, not a network failure to retry.
+                    if https && cause_says(&e, "scheme is not http") {
+                        return Error::Config(
+                            "https needs a TLS backend in reqwest: enable client-auth's `rustls` \
+                             or `native-tls` feature, or reqwest's own"
+                                .into(),
+                        );
+                    }
+                    transport_error(e)
+                })?;
                 if response
                     .content_length()
                     .is_some_and(|len| len > max_body as u64)
