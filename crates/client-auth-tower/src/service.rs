@@ -6,16 +6,14 @@ use std::task::{Context, Poll};
 
 use client_auth::adapter::{Destination, ProviderRef, keeps_caller_authorization, route};
 use client_auth::{AuthorizationProvider, AuthorizeFuture, Credential, OriginPolicy, RequestView};
-use http::header::{AUTHORIZATION, Entry};
-use http::{HeaderValue, Request, Response};
+use http::header::AUTHORIZATION;
+use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::BoxError;
 use crate::body::{CloneBody, CloneRequestBody};
-use crate::future::{
-    Direct, Pending, ResponseFuture, Retry, Stamp, State, Step, dispatch, send, snapshot,
-};
+use crate::future::{Direct, Pending, ResponseFuture, Retry, Stamp, State, Step, send, snapshot};
 use crate::layer::AuthorizeLayer;
 
 /// Middleware that stamps the provider's `Authorization` header on requests to the allowed
@@ -132,47 +130,43 @@ where
             Some(ProviderRef::Override(provider)) => Chosen::Override(Arc::clone(provider)),
         };
 
-        if provider.can_recover() {
-            return call_recoverable(&mut self.inner, layer, request, provider);
-        }
-
-        // One lookup of `Authorization` both tells whether the caller set one and, on the
-        // fresh path, is where the credential goes; the provider looks at the other parts
-        // meanwhile.
-        let (mut parts, body) = request.into_parts();
-        let entry = parts.headers.entry(AUTHORIZATION);
-        let caller_set = match &entry {
-            Entry::Occupied(value) => Some(value.get()),
-            Entry::Vacant(_) => None,
-        };
-        if keeps_caller_authorization(caller_set, || authority(&parts.uri)) {
-            let request = Request::from_parts(parts, body);
+        // The caller's own `Authorization` is kept (unless it carries no credentials).
+        let caller_set = request.headers().get(AUTHORIZATION);
+        if keeps_caller_authorization(caller_set, || authority(request.uri())) {
             return ResponseFuture::direct(self.inner.call(request), Direct::PassThrough);
         }
-        let mut credential = provider.authorize(&RequestView::new(
-            &parts.method,
-            parts.uri.scheme_str().unwrap_or_default(),
-            authority(&parts.uri),
-            parts.uri.path(),
-            parts.uri.query(),
-            &parts.extensions,
-        ));
-
-        // The fresh path of a provider that never recovers: stamped through the entry, no
-        // snapshot, no clone of the service.
+        let can_recover = provider.can_recover();
+        let mut credential = {
+            let uri = request.uri();
+            provider.authorize(&RequestView::new(
+                request.method(),
+                uri.scheme_str().unwrap_or_default(),
+                authority(uri),
+                uri.path(),
+                uri.query(),
+                request.extensions(),
+            ))
+        };
         let ready = credential.take_ready();
+        if can_recover {
+            let provider = provider.into_owned();
+            return call_recoverable(&mut self.inner, layer, request, provider, ready, credential);
+        }
+
+        // The fresh path of a provider that never recovers: no snapshot, no clone of the
+        // service.
         if let Some(Ok(credential)) = ready {
             let unanswered = !provider.needs_answers();
             let forbidden = provider.retry_forbidden();
             if unanswered && credential.extra_headers().is_none() {
                 // Nothing is kept: the value moves into the request.
-                insert(entry, credential.into_header_value());
-                let future = self.inner.call(Request::from_parts(parts, body));
+                request
+                    .headers_mut()
+                    .insert(AUTHORIZATION, credential.into_header_value());
+                let future = self.inner.call(request);
                 return ResponseFuture::direct(future, Direct::Unanswered { forbidden });
             }
-            insert(entry, credential.header_value().clone());
-            credential.apply_extra(&mut parts.headers);
-            let request = Request::from_parts(parts, body);
+            credential.apply(request.headers_mut());
             if unanswered {
                 let future = self.inner.call(request);
                 return ResponseFuture::direct(future, Direct::Unanswered { forbidden });
@@ -181,9 +175,12 @@ where
                 provider: provider.into_owned(),
                 credential,
             };
-            return ResponseFuture::new(dispatch(&mut self.inner, request, stamp, Retry::Never));
+            return ResponseFuture::new(State::Sent {
+                future: self.inner.call(request),
+                stamp,
+                retry: Retry::Never,
+            });
         }
-        let request = Request::from_parts(parts, body);
         let provider = provider.into_owned();
         send_or_wait(
             &mut self.inner,
@@ -196,45 +193,28 @@ where
     }
 }
 
-/// `call` for a provider that can recover from a 401: the request is copied before it is
-/// stamped, for the one retry.
+/// The rest of `call` for a provider that can recover from a 401: the request is copied before
+/// it is stamped, for the one retry.
 fn call_recoverable<S, P, C, ReqB>(
     inner: &mut S,
     layer: &AuthorizeLayer<P, C>,
     request: Request<ReqB>,
-    provider: Chosen<'_, P>,
+    provider: Arc<dyn AuthorizationProvider>,
+    ready: Option<Result<Credential, client_auth::Error>>,
+    credential: AuthorizeFuture,
 ) -> ResponseFuture<S, ReqB>
 where
     ReqB: http_body::Body,
     S: Service<Request<ReqB>> + Clone,
-    P: AuthorizationProvider,
     C: CloneRequestBody<ReqB>,
 {
-    let caller_set = request.headers().get(AUTHORIZATION);
-    if keeps_caller_authorization(caller_set, || authority(request.uri())) {
-        return ResponseFuture::direct(inner.call(request), Direct::PassThrough);
-    }
-    let mut credential = {
-        let uri = request.uri();
-        provider.authorize(&RequestView::new(
-            request.method(),
-            uri.scheme_str().unwrap_or_default(),
-            authority(uri),
-            uri.path(),
-            uri.query(),
-            request.extensions(),
-        ))
-    };
-    // Kept to tell the provider how the server answered (`on_accepted` on any answer but a
-    // 401, `on_unauthorized` on a 401): a reference count, no allocation.
-    let provider = provider.into_owned();
-    // The snapshot is taken before stamping (the retry is stamped with the new
-    // credential).
+    // Taken before stamping (the retry is stamped with the new credential). The provider
+    // handle is kept to tell it how the server answered (`on_accepted` on any answer but a 401,
+    // `on_unauthorized` on a 401): a reference count, no allocation.
     let retry = match layer.clone_body.clone_body(request.body()) {
         Some(body) => snapshot(&request, body, inner.clone(), Arc::clone(&provider)),
         None => Retry::BodyNotCloned,
     };
-    let ready = credential.take_ready();
     send_or_wait(inner, request, provider, ready, credential, retry)
 }
 
@@ -333,17 +313,4 @@ impl<P: AuthorizationProvider> Chosen<'_, P> {
 
 fn authority(uri: &http::Uri) -> &str {
     uri.authority().map_or("", |a| a.as_str())
-}
-
-/// Writes `value` where `Authorization` was looked up, replacing a caller's value that carries
-/// no credentials.
-fn insert(entry: Entry<'_, HeaderValue>, value: HeaderValue) {
-    match entry {
-        Entry::Vacant(vacant) => {
-            vacant.insert(value);
-        }
-        Entry::Occupied(mut occupied) => {
-            occupied.insert(value);
-        }
-    }
 }
