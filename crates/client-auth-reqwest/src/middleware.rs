@@ -1,7 +1,6 @@
 //! The middleware, its builder and the per-request flow.
 
 use std::fmt;
-use std::mem;
 use std::sync::Arc;
 
 use client_auth::adapter::{
@@ -13,8 +12,8 @@ use client_auth::{
     AuthorizationProvider, AuthorizeFuture, Credential, Error, OriginPolicy, OriginPolicyBuilder,
     RequestView, Unauthorized,
 };
-use http::header::{AUTHORIZATION, Entry};
-use http::{Extensions, HeaderValue, StatusCode};
+use http::header::AUTHORIZATION;
+use http::{Extensions, StatusCode};
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
@@ -181,17 +180,8 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
             return handle_recoverable(provider, req, extensions, next);
         }
 
-        // One lookup of `Authorization` both tells whether the caller set one and, on the
-        // fresh path, is where the credential goes. The headers are held apart from the request
-        // meanwhile, so the provider can look at the rest of it.
-        let mut headers = mem::take(req.headers_mut());
-        let entry = headers.entry(AUTHORIZATION);
-        let caller_set = match &entry {
-            Entry::Occupied(value) => Some(value.get()),
-            Entry::Vacant(_) => None,
-        };
-        if keeps_caller_authorization(caller_set, || req.url().authority()) {
-            *req.headers_mut() = headers;
+        // The caller's own `Authorization` is kept (unless it carries no credentials).
+        if keeps_caller_authorization(req.headers().get(AUTHORIZATION), || req.url().authority()) {
             return next.run(req, extensions);
         }
         let mut authorize = {
@@ -206,20 +196,19 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
             ))
         };
 
-        // The fresh path of a provider that never recovers: stamped through the entry, sent at
-        // once, and only its answer awaited (no snapshot).
+        // The fresh path of a provider that never recovers: stamped, sent at once, and only its
+        // answer awaited (no snapshot).
         let ready = authorize.take_ready();
         if let Some(Ok(credential)) = ready {
             let forbidden = provider.retry_forbidden();
             if !provider.needs_answers() {
                 // Nothing is kept: the value moves into the request when it comes alone.
                 if credential.extra_headers().is_none() {
-                    insert(entry, credential.into_header_value());
+                    let value = credential.into_header_value();
+                    req.headers_mut().insert(AUTHORIZATION, value);
                 } else {
-                    insert(entry, credential.header_value().clone());
-                    credential.apply_extra(&mut headers);
+                    credential.apply(req.headers_mut());
                 }
-                *req.headers_mut() = headers;
                 let sent = next.run(req, extensions);
                 return Box::pin(async move {
                     let response = sent.await?;
@@ -232,9 +221,7 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
                     Ok(response)
                 });
             }
-            insert(entry, credential.header_value().clone());
-            credential.apply_extra(&mut headers);
-            *req.headers_mut() = headers;
+            credential.apply(req.headers_mut());
             let sent = next.run(req, extensions);
             return Box::pin(async move {
                 let response = sent.await?;
@@ -247,7 +234,6 @@ impl<P: AuthorizationProvider> Middleware for AuthorizationMiddleware<P> {
                 Ok(response)
             });
         }
-        *req.headers_mut() = headers;
         let authorize = match ready {
             Some(result) => AuthorizeFuture::ready(result),
             None => authorize,
@@ -363,19 +349,6 @@ impl<P: AuthorizationProvider> Chosen<'_, P> {
         match self {
             Chosen::Default(provider) => provider.retry_forbidden(),
             Chosen::Override(provider) => provider.retry_forbidden(),
-        }
-    }
-}
-
-/// Writes `value` where `Authorization` was looked up, replacing a caller's value that carries
-/// no credentials.
-fn insert(entry: Entry<'_, HeaderValue>, value: HeaderValue) {
-    match entry {
-        Entry::Vacant(vacant) => {
-            vacant.insert(value);
-        }
-        Entry::Occupied(mut occupied) => {
-            occupied.insert(value);
         }
     }
 }
