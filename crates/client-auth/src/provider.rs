@@ -254,7 +254,8 @@ impl Credential {
     }
 
     /// Writes only the extra headers into `headers`, replacing earlier values: for an adapter
-    /// that writes `Authorization` itself (through a [`HeaderMap::entry`] it already looked up).
+    /// that writes `Authorization` itself (with [`into_header_value`](Self::into_header_value),
+    /// or through a [`HeaderMap::entry`] it already looked up).
     #[inline]
     pub fn apply_extra(&self, headers: &mut HeaderMap) {
         if let Some(extra) = &self.extra {
