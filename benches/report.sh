@@ -202,7 +202,7 @@ p("### Side by side with aliri_reqwest, per request (each library over its own r
 p("")
 p("Overhead = the variant minus its reqwest's no-middleware row; × fixed = that overhead over the "
   "fixed-header middleware's on the same reqwest. The same request and the same canned last "
-  "middleware on both versions; aliri's token is at hand in its watcher, ours is a cached OAuth "
+  "middleware on both versions; aliri_reqwest's token is at hand in its watcher, ours is a cached OAuth "
   "token (or a static key).")
 p("")
 p("| variant | ns/request | instructions/request | overhead (instructions) | × fixed | allocations/request | allocations over none |")
@@ -323,10 +323,10 @@ if instr:
     a = instr["r12_aliri_host"] - instr["r12_none"]
     a0 = instr["r12_aliri"] - instr["r12_none"]
     rows.append(("peer: ours (OAuth, retry off) costs no more per request than aliri_reqwest (instructions over each one's reqwest)",
-                 f"ours {o:+.0f}; aliri {a:+.0f} with its host check, {a0:+.0f} without", ok(o <= min(a, a0))))
+                 f"ours {o:+.0f}; aliri_reqwest {a:+.0f} with its host check, {a0:+.0f} without", ok(o <= min(a, a0))))
     oa = allocs["r13_ours_oauth_no_retry"] - allocs["r13_none"]
     aa = allocs["r12_aliri_host"] - allocs["r12_none"]
-    rows.append(("peer: allocations per request over each one's reqwest", f"ours {oa:+g}; aliri {aa:+g}", ok(oa <= aa)))
+    rows.append(("peer: allocations per request over each one's reqwest", f"ours {oa:+g}; aliri_reqwest {aa:+g}", ok(oa <= aa)))
 if peer:
     def better(item, keys):
         o, a = peer.get((item, "ours")), peer.get((item, "aliri_reqwest"))
@@ -334,7 +334,7 @@ if peer:
             return
         def show(x):
             return "never (it sends the token it holds)" if x is None else str(x)
-        shown = "; ".join(f"{k}: ours {show(o[k])}, aliri {show(a[k])}" for k in keys)
+        shown = "; ".join(f"{k}: ours {show(o[k])}, aliri_reqwest {show(a[k])}" for k in keys)
         rows.append((f"peer {item}: every count at least as good as aliri_reqwest's", shown,
                      ok(all((o[k] or 0) <= (a[k] or 0) for k in keys))))
     better("stampede", ["failed", "token_calls"])

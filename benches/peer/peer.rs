@@ -18,25 +18,25 @@
 //! both libraries on their own reqwest, with the refresh-token grant:
 //!
 //! - **stampede**: callers arrive together when the cached token has expired. Ours is seeded
-//!   with a token its (injected) clock puts past expiry; aliri's watcher starts from a token
-//!   whose lifetime is over (its first answer), so it starts its background refresh at the
-//!   moment the callers arrive, as ours starts its one refresh. The resource (in process, no
+//!   with a token its (injected) clock puts past expiry; aliri_tokens' watcher starts from a
+//!   token whose lifetime is over (its first answer), so it starts its background refresh at
+//!   the moment the callers arrive, as ours starts its one refresh. The resource (in process, no
 //!   socket) answers 401 to the expired token. Counted: token calls, requests that failed
 //!   (a 401 returned to the caller), latency from arrival to answer.
 //! - **401 storm**: the server revoked the token both hold; requests sent together all get a
 //!   401 from the resource (in process, answering after 5 ms). Counted: requests that failed,
 //!   token calls.
-//! - **refresh-ahead**: aliri cannot be driven by an injected clock (its token lifetimes are
-//!   stamped from the system clock in whole seconds, and its watcher sleeps in real time), so
+//! - **refresh-ahead**: aliri_tokens cannot be driven by an injected clock (its token lifetimes
+//!   are stamped from the system clock in whole seconds, and its watcher sleeps in real time), so
 //!   both run in real time with real short-lived tokens, at the same time, each against its
 //!   own server with the same script: 3 s tokens for 10 lifetimes (30 s), one request every
 //!   30 ms to the server's protected API over loopback (which refuses an expired token).
 //!   Compared with 60 s tokens for 10 minutes at one request per 100 ms, time is compressed
-//!   20×, so the 20 ms token round trip weighs 20× more. aliri's lifetime configuration is its
-//!   default (stale at 75 % of the lifetime) with its 30 s minimum scaled to the 3 s token
-//!   (1 s: its clock counts whole seconds). Counted: requests that waited for a token (ours:
-//!   the provider's answer was not at hand; aliri never waits, it sends the token it holds),
-//!   requests the server refused, token calls.
+//!   20×, so the 20 ms token round trip weighs 20× more. aliri_tokens' lifetime configuration is
+//!   its default (stale at 75 % of the lifetime) with its 30 s minimum scaled to the 3 s token
+//!   (1 s: its clock counts whole seconds). Counted: requests that waited for a token (ours: the
+//!   provider's answer was not at hand; aliri_reqwest never waits, it sends the token it
+//!   holds), requests the server refused, token calls.
 //!
 //! `cargo bench` runs the full sizes (10 000 callers, 1 000 401s, 30 s) and writes JSON lines
 //! to `$CLIENT_AUTH_BENCH_REPORT/peer.jsonl` when that variable is set (`../report.sh`).
@@ -345,7 +345,7 @@ fn current_thread() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// aliri's watcher holding `TOKEN` for a day: its middleware's fresh path.
+/// aliri_tokens' watcher holding `TOKEN` for a day: its middleware's fresh path.
 fn cached_watcher(runtime: &tokio::runtime::Runtime) -> TokenWatcher {
     let source = ConstTokenSource::new(TOKEN).with_token_valid_for(DurationSecs(24 * 3600));
     runtime
@@ -637,8 +637,8 @@ fn our_provider(server: &TestServer, subject: &str) -> OAuthProviderBuilder {
         .refresh_token(grant.refresh_token.as_str())
 }
 
-/// aliri's source of tokens from the same server: the refresh-token grant as a form, with the
-/// client secret in the body, and `config`'s notion of staleness.
+/// aliri_tokens' source of tokens from the same server: the refresh-token grant as a form, with
+/// the client secret in the body, and `config`'s notion of staleness.
 fn aliri_source(
     server: &TestServer,
     subject: &str,
@@ -659,8 +659,8 @@ fn aliri_source(
     .using_form_data()
 }
 
-/// aliri's source whose first token is `first` (already issued, already past its lifetime),
-/// then `then`'s tokens.
+/// An aliri_tokens source whose first token is `first` (already issued, already past its
+/// lifetime), then `then`'s tokens.
 struct StartingFrom<S> {
     first: Option<TokenWithLifetime>,
     then: S,
@@ -685,7 +685,7 @@ impl<S: AsyncTokenSource<Error = TokenRequestError>> AsyncTokenSource for Starti
     }
 }
 
-/// A token aliri received 61 s ago with a 60 s lifetime: expired now.
+/// A token aliri_tokens received 61 s ago with a 60 s lifetime: expired now.
 fn expired_aliri_token() -> TokenWithLifetime {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -734,7 +734,7 @@ async fn stampede(callers: usize) -> Vec<serde_json::Value> {
     .await;
     let ours_row = stampede_row("ours", callers, &ours_server, &outcomes);
 
-    // aliri: its watcher starts from the expired token and refreshes in the background.
+    // aliri_reqwest: its watcher starts from the expired token and refreshes in the background.
     let aliri_server = server(ServerConfig::default()).await;
     let source = StartingFrom {
         first: Some(expired_aliri_token()),
@@ -825,7 +825,8 @@ async fn storm(callers: usize) -> Vec<serde_json::Value> {
     .await;
     let ours_row = storm_row("ours", callers, &ours_server, &resource, &outcomes);
 
-    // aliri: the token its watcher holds, accepted by the resource so far, is revoked there.
+    // aliri_reqwest: the token its watcher holds, accepted by the resource so far, is revoked
+    // there.
     let aliri_server = server(ServerConfig::default()).await;
     let source = aliri_source(&aliri_server, "storm", TokenLifetimeConfig::default());
     let watcher =
@@ -1015,7 +1016,7 @@ async fn refresh_ahead(lifetime: Duration, lifetimes: u32) -> Vec<serde_json::Va
             Some(provider.waited.load(Ordering::Relaxed)),
             &ours_server,
         ),
-        // aliri never waits: its middleware sends the token its watcher holds.
+        // aliri_reqwest never waits: its middleware sends the token its watcher holds.
         row("aliri_reqwest", aliri_counts, None, &aliri_server),
     ]
 }
